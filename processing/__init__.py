@@ -1,0 +1,21 @@
+"""vistok processors and pipelines; importing this module registers them with transformers."""
+
+from transformers import AutoImageProcessor
+
+from ..modeling import TiTokConfig
+from .image_processing_tokenizer import TiTokImageProcessor, TiTokImageProcessorPil
+from .pipeline_image_tokenization import ImageTokenizationPipeline, register_pipelines
+
+
+def register() -> None:
+    """Registers every vistok image processor and pipeline (idempotent)."""
+    for config_class, torchvision_class, pil_class in ((TiTokConfig, TiTokImageProcessor, TiTokImageProcessorPil),):
+        AutoImageProcessor.register(
+            config_class, image_processor_classes={"torchvision": torchvision_class, "pil": pil_class}, exist_ok=True
+        )
+    register_pipelines()
+
+
+register()
+
+__all__ = ["ImageTokenizationPipeline", "TiTokImageProcessor", "TiTokImageProcessorPil"]
