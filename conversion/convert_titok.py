@@ -51,8 +51,8 @@ ORIGINAL_TO_CONVERTED_KEY_MAPPING = [
     (r"decoder\.mask_token",                                 r"decoder.embeddings.mask_token"),
     (r"decoder\.text_guidance_proj\.(weight|bias)",          r"decoder.embeddings.text_projection.\1"),
     (r"decoder\.text_guidance_positional_embedding",         r"decoder.embeddings.text_position_embedding"),
-    (r"quantize\.embedding\.weight",                         r"quantizer.embedding.weight"),
-    (r"pixel_quantize\.embedding\.weight",                   r"pixel_codebook.embedding.weight"),
+    (r"quantize\.embedding\.weight",                         r"quantizer.embedding"),
+    (r"pixel_quantize\.embedding\.weight",                   r"pixel_codebook.embedding"),
     (r"(pixel_decoder\..+)",                                 r"\1"),
 ]
 LEGACY_HEAD_MAPPING = [

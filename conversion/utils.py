@@ -201,7 +201,7 @@ def save_conversion(
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
         if torch_dtype is None:
             raise ConversionError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}.")
-        keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+        keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
         for name, module in model.named_modules():
             if any(name == k or name.startswith(k + ".") or name.endswith("." + k) for k in keep):
                 continue

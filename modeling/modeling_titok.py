@@ -263,11 +263,11 @@ class TiTokPixelCodebook(nn.Module):
 
     def __init__(self, config: TiTokConfig):
         super().__init__()
-        self.embedding = nn.Embedding(config.proxy_codebook_size, config.pixel_decoder_z_channels)
+        self.embedding = nn.Parameter(torch.empty(config.proxy_codebook_size, config.pixel_decoder_z_channels))
 
     def forward(self, probabilities: torch.Tensor | None = None, codes: torch.Tensor | None = None) -> torch.Tensor:
         """``probabilities`` [B, K, g, g] or ``codes`` [B, g, g] -> [B, z_channels, g, g] (float32)."""
-        weight = self.embedding.weight.float()
+        weight = self.embedding.float()
         if codes is not None:
             return F.embedding(codes, weight).permute(0, 3, 1, 2)
         return torch.einsum("bkhw,kd->bdhw", probabilities.float(), weight)
@@ -286,7 +286,7 @@ class TiTokPreTrainedModel(PreTrainedModel):
         "TiTokDecoderLayer",
         "TiTokPixelResnetBlock",
     ]
-    _keep_in_fp32_modules = ["quantizer", "pixel_codebook"]
+    _keep_in_fp32_modules_strict = ["quantizer", "pixel_codebook"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -299,8 +299,10 @@ class TiTokPreTrainedModel(PreTrainedModel):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
                 init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            init.trunc_normal_(module.weight, std=std)
+        elif isinstance(module, VectorQuantizer):
+            init.uniform_(module.embedding, -1.0 / module.num_embeddings, 1.0 / module.num_embeddings)
+        elif isinstance(module, TiTokPixelCodebook):
+            init.trunc_normal_(module.embedding, std=std)
         elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
             if module.weight is not None:
                 init.ones_(module.weight)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .tokenizer_utils import apply_forward_hook
+
 
 @dataclass
 class QuantizerOutput:
@@ -38,10 +40,12 @@ class VectorQuantizer(nn.Module):
         self.embedding_dim = embedding_dim
         self.use_l2_norm = use_l2_norm
         self.commitment_cost = commitment_cost
-        self.embedding = nn.Embedding(num_embeddings, embedding_dim)
+        # a direct parameter (not an nn.Embedding child): accelerate's offload hooks then load it for `forward` and
+        # `lookup`, which both read the whole table
+        self.embedding = nn.Parameter(torch.empty(num_embeddings, embedding_dim))
 
     def codebook(self) -> torch.Tensor:
-        weight = self.embedding.weight.float()
+        weight = self.embedding.float()
         return F.normalize(weight, dim=-1) if self.use_l2_norm else weight
 
     def forward(self, latents: torch.Tensor) -> QuantizerOutput:
@@ -68,6 +72,7 @@ class VectorQuantizer(nn.Module):
             quantized = z + (quantized - z).detach()
         return QuantizerOutput(quantized=quantized, indices=indices, loss=loss)
 
+    @apply_forward_hook
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         """[...] int64 ids -> [..., embedding_dim] float32 code vectors (normalised when ``use_l2_norm``)."""
         return F.embedding(indices, self.codebook())
