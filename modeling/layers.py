@@ -278,3 +278,40 @@ def resample_abs_pos_embed(
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
     out = torch.cat([prefix, grid], dim=1)
     return out[0] if squeeze else out
+
+
+class VisionRotaryEmbedding2D(nn.Module):
+    """Axial 2D rotary embedding for a grid of patches: the first half of each head's rotary channels encodes the row,
+    the second half the column (``rotate_half`` convention).
+
+    ``inv_freq`` is a non-persistent buffer: models must recompute it in ``_init_weights`` (``init.copy_(module.inv_freq,
+    module.compute_inv_freq())``) because ``from_pretrained`` builds modules on the meta device.
+
+    Args:
+        head_dim: channels per attention head (divisible by 4).
+        theta: frequency base.
+    """
+
+    def __init__(self, head_dim: int, theta: float = 10000.0):
+        super().__init__()
+        if head_dim % 4 != 0:
+            raise ValueError(f"2D rotary embeddings need head_dim divisible by 4, got {head_dim}.")
+        self.head_dim = head_dim
+        self.theta = theta
+        self.register_buffer("inv_freq", self.compute_inv_freq(), persistent=False)
+
+    def compute_inv_freq(self) -> torch.Tensor:
+        quarter = self.head_dim // 4
+        return 1.0 / (self.theta ** (torch.arange(quarter, dtype=torch.float32) / quarter))
+
+    def forward(self, grid_h: int, grid_w: int, prefix: int = 0, suffix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) of shape [prefix + grid_h * grid_w + suffix, head_dim]; prefix/suffix tokens (class, register or
+        latent tokens) get the identity rotation."""
+        device = self.inv_freq.device
+        ys, xs = torch.meshgrid(torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij")
+        angles_y = ys.reshape(-1, 1).float() * self.inv_freq
+        angles_x = xs.reshape(-1, 1).float() * self.inv_freq
+        half = torch.cat([angles_y, angles_x], dim=-1)
+        angles = torch.cat([half, half], dim=-1)
+        angles = F.pad(angles, (0, 0, prefix, suffix))
+        return angles.cos(), angles.sin()
