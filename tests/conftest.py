@@ -1,8 +1,19 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
-import pytest
+
+# Set before anything imports huggingface_hub (it reads these at import time): tests never touch the user's cache and
+# never reach the network; the Hub tests point the client at their own local server explicitly.
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="vistok-tests-hf-")
+atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
 
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -16,10 +27,3 @@ def parity_root() -> Path:
         pytest.skip(f"parity fixtures not found at {PARITY_ROOT} (set VISTOK_PARITY_DIR); they ship only with CI")
     return PARITY_ROOT
 
-
-@pytest.fixture(autouse=True)
-def _isolated_hf_home(tmp_path_factory, monkeypatch):
-    # never touch the user's Hub cache; nothing is downloaded in tests
-    home = tmp_path_factory.getbasetemp() / "hf_home"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", os.environ.get("HF_HUB_OFFLINE", "1"))
