@@ -98,6 +98,9 @@ class VisualTokenizerMixin:
 
     #: weight of the quantizer loss added to the reconstruction loss in ``forward``
     quantization_loss_weight = 1.0
+    #: ``forward``'s ``**decode_kwargs`` are decoder arguments, not loss arguments: without this, ``Trainer`` sees
+    #: the var-keyword and passes ``num_items_in_batch``, which the decoders reject
+    accepts_loss_kwargs = False
 
     @property
     def expected_image_size(self) -> tuple[int, int] | None:

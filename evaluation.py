@@ -1,0 +1,578 @@
+"""Reconstruction quality of vistok tokenizers: PSNR / SSIM in torch and the ``vistok-eval`` command.
+
+```
+vistok-eval MODEL DATA [--output-dir DIR] [--batch-size N] [--max-images N] [--split SPLIT]
+            [--decode-kwargs JSON] [--seed S] [--num-tokens K] [--image-column COL] [--streaming]
+            [--grid-images N] [--device DEV] [--dtype DTYPE] [--no-progress]
+```
+
+MODEL is a local directory or Hub id that ``AutoModel`` and ``AutoImageProcessor`` load (any vistok tokenizer).
+DATA is a local image folder (read with ``datasets``' ``imagefolder``) or a Hub dataset id. Every image goes through
+the model's image processor, ``model.encode`` and ``model.decode`` (token ids for discrete tokenizers, latents
+otherwise); original and reconstruction are mapped back to [0, 1] RGB by the processor's ``postprocess`` and
+compared there. The command writes ``DIR/report.json``, ``DIR/report.md`` and ``DIR/grid.png`` (originals above
+their reconstructions) and prints a short summary table.
+
+From Python:
+
+```python
+>>> from vistok.evaluation import evaluate_reconstruction, load_image_dataset, psnr, ssim
+>>> dataset, column, split = load_image_dataset("path/to/images", max_images=100)
+>>> result = evaluate_reconstruction(model, image_processor, (row[column] for row in dataset), batch_size=16)
+>>> result.mean_psnr, result.mean_ssim
+```
+"""
+
+import argparse
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+
+# ----------------------------------------------------------------------------------------------------------- metrics
+
+
+def _check_pair(prediction: torch.Tensor, target: torch.Tensor) -> None:
+    if prediction.shape != target.shape:
+        raise ValueError(f"prediction and target must have the same shape, got {tuple(prediction.shape)} and "
+                         f"{tuple(target.shape)}.")
+    if prediction.ndim != 4:
+        raise ValueError(f"expected images of shape [batch, channels, height, width], got {tuple(prediction.shape)}.")
+
+
+def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image, in dB.
+
+    Args:
+        prediction, target: `[B, C, H, W]` images with values in `[0, data_range]`.
+        data_range: the peak value (1.0 for images in [0, 1]).
+
+    Returns: `[B]` float64 tensor, `10 * log10(data_range**2 / MSE)` with the MSE over channels and pixels of each
+    image; `inf` where the images are identical.
+    """
+    _check_pair(prediction, target)
+    mse = (prediction.double() - target.double()).pow(2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(data_range**2 / mse)
+
+
+def _gaussian_window(window_size: int, sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
+    coords = torch.arange(window_size, dtype=dtype, device=device) - (window_size - 1) / 2
+    weights = torch.exp(-(coords**2) / (2 * sigma**2))
+    return weights / weights.sum()
+
+
+def ssim(
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    data_range: float = 1.0,
+    window_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    """Structural similarity (Wang et al., 2004) per image.
+
+    Local means, variances and covariance come from a normalised Gaussian window (`window_size` taps, standard
+    deviation `sigma`) applied to every channel separately; only positions where the window lies fully inside the
+    image are used ("valid" filtering, as the reference implementation). The SSIM map is averaged over those positions
+    and then over channels. Constants: `C1 = (k1 * data_range)**2`, `C2 = (k2 * data_range)**2`. This equals
+    scikit-image's `structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False,
+    data_range=1, channel_axis=-1)`.
+
+    Args:
+        prediction, target: `[B, C, H, W]` images with values in `[0, data_range]`, `H, W >= window_size`.
+
+    Returns: `[B]` float64 tensor (1.0 for identical images).
+    """
+    _check_pair(prediction, target)
+    if window_size % 2 != 1:
+        raise ValueError(f"window_size must be odd, got {window_size}.")
+    height, width = prediction.shape[-2:]
+    if height < window_size or width < window_size:
+        raise ValueError(f"SSIM with a {window_size}x{window_size} window needs images of at least that size, got "
+                         f"{height}x{width}.")
+    x, y = prediction.double(), target.double()
+    channels = x.shape[1]
+    window = _gaussian_window(window_size, sigma, x.dtype, x.device)
+    window_h = window.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    window_w = window.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+
+    def blur(images):
+        return F.conv2d(F.conv2d(images, window_h, groups=channels), window_w, groups=channels)
+
+    mean_x, mean_y = blur(x), blur(y)
+    var_x = blur(x * x) - mean_x**2
+    var_y = blur(y * y) - mean_y**2
+    cov_xy = blur(x * y) - mean_x * mean_y
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    ssim_map = ((2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.flatten(2).mean(dim=2).mean(dim=1)
+
+
+# -------------------------------------------------------------------------------------------------------------- data
+
+
+def _looks_like_path(data: str) -> bool:
+    return data.startswith(("/", "./", "../", "~", ".\\")) or "\\" in data or data.count("/") > 1 or data in (".", "..")
+
+
+def _has_image_file(folder: str) -> bool:
+    extensions = {ext.lower() for ext in Image.registered_extensions()}
+    for _, _, files in os.walk(folder):
+        if any(os.path.splitext(name)[1].lower() in extensions for name in files):
+            return True
+    return False
+
+
+def find_image_column(features, image_column: str | None = None) -> str:
+    """Name of the column holding images (`datasets.Image` feature); `image_column` checks a user's choice."""
+    import datasets
+
+    if features is None:
+        if image_column is not None:
+            return image_column
+        raise ValueError("the dataset does not declare its features, so the image column is unknown; pass it with "
+                         "--image-column.")
+    image_columns = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
+    if image_column is not None:
+        if image_column not in features:
+            raise ValueError(f"image column {image_column!r} not found; the dataset has columns {list(features)}.")
+        return image_column
+    if not image_columns:
+        found = {name: type(feature).__name__ for name, feature in features.items()}
+        raise ValueError(f"the dataset has no image column (a `datasets.Image` feature); got columns {found}.")
+    return image_columns[0]
+
+
+def load_image_dataset(
+    data: str,
+    split: str | None = None,
+    max_images: int | None = None,
+    image_column: str | None = None,
+    streaming: bool = False,
+):
+    """Loads an image folder or a Hub dataset and finds its image column.
+
+    Args:
+        data: a local folder (loaded with `load_dataset("imagefolder", data_dir=data)`, sub-folders become labels or
+            splits as `datasets` defines) or a Hub dataset id (`load_dataset(data, split=split)`).
+        split: the split to read; default: `validation`, else `test`, else `train`, else the first split.
+        max_images: keep only the first `max_images` rows.
+        image_column: the column to read; default: the first column whose feature is `datasets.Image`.
+        streaming: stream a Hub dataset instead of downloading it whole (useful with `max_images`).
+
+    Returns: `(dataset, image_column, split)`; the dataset is a `datasets.Dataset` (or `IterableDataset` when
+    streaming).
+    """
+    import datasets
+
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be a positive integer, got {max_images}.")
+    expanded = os.path.expanduser(data)
+    if os.path.isdir(expanded):
+        if not _has_image_file(expanded):
+            raise ValueError(f"no image files found in folder {data!r} (or its sub-folders).")
+        path, kwargs = "imagefolder", {"data_dir": expanded}
+    elif os.path.exists(expanded):
+        raise ValueError(f"DATA must be an image folder or a Hub dataset id, got the file {data!r}.")
+    elif _looks_like_path(data):
+        raise ValueError(f"image folder {data!r} does not exist.")
+    else:
+        path, kwargs = data, {}
+
+    loaded = datasets.load_dataset(path, split=split, streaming=streaming, **kwargs)
+    if split is None:
+        names = list(loaded.keys())
+        split = next((name for name in ("validation", "test", "train") if name in names), names[0])
+        loaded = loaded[split]
+    column = find_image_column(loaded.features, image_column)
+    if max_images is not None:
+        loaded = loaded.take(max_images) if streaming else loaded.select(range(min(max_images, len(loaded))))
+    if not streaming and len(loaded) == 0:
+        raise ValueError(f"split {split!r} of {data!r} has no rows.")
+    return loaded, column, split
+
+
+# -------------------------------------------------------------------------------------------------------- evaluation
+
+
+def to_unit_range(image_processor, images: torch.Tensor) -> torch.Tensor:
+    """Model-range images `[B, C, H, W]` -> float `[B, C, H, W]` in [0, 1] (clamped), through the processor's
+    `postprocess(..., output_type="pt")`, or by inverting its rescale/normalise settings when its `postprocess` has
+    another signature (transformers' own processors)."""
+    postprocess = getattr(image_processor, "postprocess", None)
+    if postprocess is not None and "output_type" in inspect.signature(postprocess).parameters:
+        return postprocess(images, output_type="pt")
+    images = images.detach().float().cpu()
+    if getattr(image_processor, "do_normalize", False):
+        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(1, -1, 1, 1)
+        images = images * std + mean
+    if getattr(image_processor, "do_rescale", False):
+        images = images * (image_processor.rescale_factor * 255.0)
+    return images.clamp(0.0, 1.0)
+
+
+def _count_tokens(source: torch.Tensor, discrete: bool) -> tuple[int, list[int]]:
+    # ids: [B, N] / [B, h, w] -> every entry is a token; latents: [B, N, D] -> N tokens of width D
+    shape = list(source.shape[1:])
+    if discrete or source.ndim == 2:
+        return math.prod(shape), shape
+    if source.ndim == 3:
+        return shape[0], shape[:1]
+    return math.prod(shape[1:]), shape[1:]
+
+
+def _accepts_keyword(function, name: str) -> bool:
+    try:
+        return name in inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@dataclass
+class ReconstructionResult:
+    """Per-image metrics of one evaluation run.
+
+    psnr / ssim: one value per image (dB / unitless), in dataset order. files: the image's file name when known.
+    tokens_per_image: tokens the decoder consumed per image; token_shape: their layout without the batch dimension.
+    discrete: whether token ids were decoded. image_size: `(H, W)` of the compared images.
+    grid_originals / grid_reconstructions: `[K, C, H, W]` in [0, 1], the first K images, for `make_grid`.
+    """
+
+    psnr: list[float] = field(default_factory=list)
+    ssim: list[float] = field(default_factory=list)
+    files: list[str | None] = field(default_factory=list)
+    tokens_per_image: int | None = None
+    token_shape: list[int] | None = None
+    discrete: bool | None = None
+    image_size: tuple[int, int] | None = None
+    grid_originals: torch.Tensor | None = None
+    grid_reconstructions: torch.Tensor | None = None
+
+    @property
+    def num_images(self) -> int:
+        return len(self.psnr)
+
+    @property
+    def mean_psnr(self) -> float:
+        return sum(self.psnr) / len(self.psnr)
+
+    @property
+    def mean_ssim(self) -> float:
+        return sum(self.ssim) / len(self.ssim)
+
+
+def _batches(images: Iterable, batch_size: int):
+    batch = []
+    for image in images:
+        batch.append(image)
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def evaluate_reconstruction(
+    model,
+    image_processor,
+    images: Iterable,
+    batch_size: int = 16,
+    decode_kwargs: dict | None = None,
+    seed: int = 0,
+    num_tokens: int | None = None,
+    grid_images: int = 8,
+    total: int | None = None,
+    progress: bool = True,
+) -> ReconstructionResult:
+    """Encodes and decodes `images` with `model` and measures PSNR and SSIM in [0, 1] RGB.
+
+    Args:
+        model: a vistok tokenizer (`encode`/`decode`), in eval mode, on the device to run on.
+        image_processor: the model's image processor (`preprocess` into the model range, `postprocess` back).
+        images: PIL images (any size and mode; the processor resizes and crops them).
+        batch_size: images per `encode`/`decode` call.
+        decode_kwargs: extra arguments of `model.decode` (e.g. `{"num_steps": 25}` for FlexTok). When the model's
+            decoder takes a `generator` and none is given, one seeded with `seed` is passed, so stochastic decoders
+            give the same result on every run with the same batch size.
+        seed: seeds `torch` and that generator.
+        num_tokens: decode only the first `num_tokens` tokens of each image (variable-length 1D tokenizers).
+        grid_images: how many leading images to keep for the comparison grid.
+        total: number of images, for the progress bar.
+        progress: show a progress bar.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
+    if num_tokens is not None and num_tokens < 1:
+        raise ValueError(f"num_tokens must be a positive integer, got {num_tokens}.")
+    decode_kwargs = dict(decode_kwargs or {})
+    torch.manual_seed(seed)
+    device = next(model.parameters()).device
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    decode_impl = getattr(model, "_decode", model.decode)
+    if "generator" not in decode_kwargs and _accepts_keyword(decode_impl, "generator"):
+        decode_kwargs["generator"] = torch.Generator(device=device).manual_seed(seed)
+    rgb = getattr(model.config, "num_channels", 3) == 3
+
+    result = ReconstructionResult()
+    originals_kept, reconstructions_kept = [], []
+    bar = tqdm(total=total, unit="img", desc="vistok-eval", disable=not progress)
+    for batch in _batches(images, batch_size):
+        result.files.extend(os.path.basename(getattr(image, "filename", "") or "") or None for image in batch)
+        if rgb:
+            batch = [image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image
+                     for image in batch]
+        pixel_values = image_processor(batch, return_tensors="pt")["pixel_values"]
+        encoded = model.encode(pixel_values.to(device=device, dtype=dtype))
+        discrete = encoded.tokens is not None
+        source = encoded.tokens if discrete else encoded.latents
+        if num_tokens is not None:
+            if source.ndim > 3 or (discrete and source.ndim != 2):
+                raise ValueError(f"--num-tokens keeps a prefix of 1D token sequences, but this model's tokens have "
+                                 f"shape {tuple(source.shape)}.")
+            source = source[:, :num_tokens]
+        reconstruction = model.decode(source, **decode_kwargs).reconstruction
+        original = to_unit_range(image_processor, pixel_values)
+        reconstructed = to_unit_range(image_processor, reconstruction.float())
+        if reconstructed.shape != original.shape:
+            raise ValueError(f"the reconstruction has shape {tuple(reconstructed.shape)} but the input has "
+                             f"{tuple(original.shape)}.")
+
+        result.psnr.extend(psnr(reconstructed, original).tolist())
+        result.ssim.extend(ssim(reconstructed, original).tolist())
+        result.tokens_per_image, result.token_shape = _count_tokens(source, discrete)
+        result.discrete = discrete
+        result.image_size = tuple(original.shape[-2:])
+        kept = sum(len(chunk) for chunk in originals_kept)
+        if kept < grid_images:
+            originals_kept.append(original[: grid_images - kept])
+            reconstructions_kept.append(reconstructed[: grid_images - kept])
+        bar.update(len(batch))
+    bar.close()
+    if not result.psnr:
+        raise ValueError("no images to evaluate.")
+    if originals_kept:
+        result.grid_originals = torch.cat(originals_kept)
+        result.grid_reconstructions = torch.cat(reconstructions_kept)
+    return result
+
+
+def make_grid(originals: torch.Tensor, reconstructions: torch.Tensor) -> Image.Image:
+    """Two rows without padding: originals `[K, C, H, W]` on top, their reconstructions below (values in [0, 1]).
+    Returns a `(K * W) x (2 * H)` RGB (or L) PIL image."""
+    if originals.shape != reconstructions.shape or originals.ndim != 4:
+        raise ValueError(f"expected two [K, C, H, W] tensors of one shape, got {tuple(originals.shape)} and "
+                         f"{tuple(reconstructions.shape)}.")
+    rows = [torch.cat(list(images), dim=-1) for images in (originals, reconstructions)]
+    grid = (torch.cat(rows, dim=-2).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+
+
+# ------------------------------------------------------------------------------------------------------------ report
+
+
+def _json_float(value: float) -> float | None:
+    # strict JSON has no inf: an exact reconstruction (infinite PSNR) is written as null
+    return value if math.isfinite(value) else None
+
+
+def build_report(result: ReconstructionResult, model_id: str, model=None, **extra) -> dict:
+    """The `report.json` content: model id, image count, tokens per image, mean and per-image PSNR/SSIM."""
+    codebook_size = None
+    if model is not None and result.discrete:
+        codebook_size = getattr(model, "vocab_size", None) or getattr(model.config, "codebook_size", None)
+    report = {
+        "model": model_id,
+        "model_type": getattr(getattr(model, "config", None), "model_type", None),
+        **extra,
+        "num_images": result.num_images,
+        "image_size": list(result.image_size),
+        "tokens_per_image": result.tokens_per_image,
+        "token_shape": result.token_shape,
+        "discrete": result.discrete,
+        "codebook_size": codebook_size,
+        "bits_per_image": (result.tokens_per_image * math.log2(codebook_size)) if codebook_size else None,
+        "mean_psnr": _json_float(result.mean_psnr),
+        "mean_ssim": result.mean_ssim,
+        "metrics": {
+            "psnr": "dB, on RGB in [0, 1] (data range 1), per image, then averaged",
+            "ssim": "Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, valid positions, mean over RGB, per image",
+        },
+        "images": [
+            {"index": index, "file": file, "psnr": _json_float(p), "ssim": s}
+            for index, (file, p, s) in enumerate(zip(result.files, result.psnr, result.ssim))
+        ],
+    }
+    return report
+
+
+def _fmt(value, digits: int) -> str:
+    return "inf" if value is None else f"{value:.{digits}f}"
+
+
+def format_table(report: dict) -> str:
+    """The short summary printed by the command."""
+    rows = [
+        ("model", report["model"]),
+        ("data", f"{report.get('data')} ({report.get('split')})" if report.get("data") else None),
+        ("images", report["num_images"]),
+        ("image size", "x".join(map(str, report["image_size"]))),
+        ("tokens/image", report["tokens_per_image"]),
+        ("PSNR (dB)", _fmt(report["mean_psnr"], 2)),
+        ("SSIM", _fmt(report["mean_ssim"], 4)),
+    ]
+    rows = [(name, value) for name, value in rows if value is not None]
+    width = max(len(name) for name, _ in rows)
+    return "\n".join(f"{name:<{width}}  {value}" for name, value in rows)
+
+
+def format_markdown(report: dict, grid_file: str | None = "grid.png") -> str:
+    lines = [
+        f"# Reconstruction of `{report.get('data', 'images')}` by `{report['model']}`",
+        "",
+        "| model | images | image size | tokens / image | PSNR (dB) | SSIM |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| `{report['model']}` | {report['num_images']} | {'x'.join(map(str, report['image_size']))} | "
+        f"{report['tokens_per_image']} | {_fmt(report['mean_psnr'], 2)} | {_fmt(report['mean_ssim'], 4)} |",
+        "",
+        f"PSNR: {report['metrics']['psnr']}. SSIM: {report['metrics']['ssim']}.",
+        "",
+    ]
+    if grid_file:
+        lines += ["Originals (top) and reconstructions (bottom):", "", f"![originals and reconstructions]({grid_file})",
+                  ""]
+    lines += ["## Per image", "", "| # | file | PSNR (dB) | SSIM |", "|---:|---|---:|---:|"]
+    for item in report["images"]:
+        lines.append(f"| {item['index']} | {item['file'] or ''} | {_fmt(item['psnr'], 2)} | {_fmt(item['ssim'], 4)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, output_dir, grid: Image.Image | None = None) -> Path:
+    """Writes `report.json`, `report.md` and (when given) `grid.png` into `output_dir`; returns the folder."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if grid is not None:
+        grid.save(output_dir / "grid.png")
+    (output_dir / "report.md").write_text(format_markdown(report, "grid.png" if grid is not None else None),
+                                          encoding="utf-8")
+    return output_dir
+
+
+# --------------------------------------------------------------------------------------------------------------- CLI
+
+
+def _json_object(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__} {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vistok-eval",
+        description="Reconstruction PSNR/SSIM of a vistok tokenizer on an image folder or a Hub dataset.",
+    )
+    parser.add_argument("model", help="model directory or Hub id (loaded with AutoModel + AutoImageProcessor)")
+    parser.add_argument("data", help="image folder (datasets' imagefolder) or Hub dataset id")
+    parser.add_argument("--output-dir", default="vistok-eval", help="where report.json, report.md, grid.png go")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
+    parser.add_argument("--split", default=None, help="dataset split (default: validation, else test, else train)")
+    parser.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
+    parser.add_argument("--streaming", action="store_true", help="stream the Hub dataset (with --max-images)")
+    parser.add_argument("--decode-kwargs", default=None, type=_json_object, metavar="JSON",
+                        help='extra model.decode arguments, e.g. \'{"num_steps": 25, "guidance_scale": 7.5}\'')
+    parser.add_argument("--seed", type=int, default=0, help="seed for stochastic decoders")
+    parser.add_argument("--num-tokens", type=int, default=None, help="decode only the first K tokens (1D tokenizers)")
+    parser.add_argument("--grid-images", type=int, default=8, help="images shown in grid.png (0: no grid)")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Runs an evaluation for parsed CLI arguments; writes the report files and returns the report."""
+    from transformers import AutoImageProcessor, AutoModel
+
+    dataset, column, split = load_image_dataset(args.data, args.split, args.max_images, args.image_column,
+                                                args.streaming)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    model = AutoModel.from_pretrained(args.model, dtype=dtype).to(device).eval()
+    image_processor = AutoImageProcessor.from_pretrained(args.model)
+    if not hasattr(model, "encode") or not hasattr(model, "decode"):
+        raise ValueError(f"{args.model!r} loads as {type(model).__name__}, which is not a tokenizer with "
+                         "encode/decode.")
+
+    start = time.perf_counter()
+    total = None if args.streaming else len(dataset)
+    result = evaluate_reconstruction(
+        model, image_processor, (row[column] for row in dataset), batch_size=args.batch_size,
+        decode_kwargs=args.decode_kwargs, seed=args.seed, num_tokens=args.num_tokens, grid_images=args.grid_images,
+        total=total, progress=not args.no_progress,
+    )
+    report = build_report(
+        result, args.model, model, data=args.data, split=split, decode_kwargs=args.decode_kwargs or {}, seed=args.seed,
+        device=str(device), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+    grid = None
+    if result.grid_originals is not None:
+        grid = make_grid(result.grid_originals, result.grid_reconstructions)
+    write_report(report, args.output_dir, grid)
+    return report
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        report = run(args)
+    except ValueError as error:
+        print(f"vistok-eval: error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(report))
+    written = ["report.json", "report.md"] + (["grid.png"] if (Path(args.output_dir) / "grid.png").exists() else [])
+    print(f"wrote {', '.join(written)} to {args.output_dir}")
+    return 0
+
+
+__all__ = [
+    "ReconstructionResult",
+    "build_report",
+    "evaluate_reconstruction",
+    "find_image_column",
+    "format_markdown",
+    "format_table",
+    "load_image_dataset",
+    "main",
+    "make_grid",
+    "psnr",
+    "run",
+    "ssim",
+    "to_unit_range",
+    "write_report",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
