@@ -1,0 +1,131 @@
+"""MAETok encode/decode throughput at the released sizes (random weights; not a test).
+
+For each variant of `MAETOK_VARIANTS` it builds the model, then times `encode` (images -> [B, 128, 32] latents) and
+`decode` (latents -> images) with a few iterations and reports images/s, the median seconds per call and the FLOPs
+per image counted with `torch.utils.flop_counter`.
+
+    python benchmarks/bench_maetok.py --markdown benchmarks/README_maetok.md
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vistok import MAETOK_VARIANTS, MAETokConfig, MAETokModel
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def build_model(variant: str, dtype: torch.dtype, attn: str, device: str) -> MAETokModel:
+    config = MAETokConfig.from_variant(variant)
+    config._attn_implementation = attn
+    torch.manual_seed(0)
+    return MAETokModel(config).eval().to(device=device, dtype=dtype)
+
+
+def measure(fn, warmup: int, iters: int, device: str) -> tuple[float, float]:
+    """(median, best) wall-clock seconds of `fn()` under no_grad; the best is the less contention-sensitive one."""
+    times = []
+    with torch.no_grad():
+        for step in range(warmup + iters):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times), min(times)
+
+
+def count_flops(fn) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def run(args) -> dict:
+    rows = []
+    for variant in args.variants:
+        model = build_model(variant, DTYPES[args.dtype], args.attn, args.device)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        size = model.config.image_size
+        pixel_values = torch.rand(args.batch_size, 3, size, size, device=args.device) * 2 - 1
+        pixel_values = pixel_values.to(DTYPES[args.dtype])
+        with torch.no_grad():
+            latents = model.encode(pixel_values).latents
+        phases = {"encode": lambda: model.encode(pixel_values), "decode": lambda: model.decode(latents)}
+        for phase, fn in phases.items():
+            flops = count_flops(fn)
+            seconds, best = measure(fn, args.warmup, args.iters, args.device)
+            row = dict(variant=variant, image_size=size, params_m=round(params, 2), phase=phase, dtype=args.dtype,
+                       attn=args.attn, batch_size=args.batch_size, seconds=seconds, best_seconds=best,
+                       images_per_s=args.batch_size / seconds, best_images_per_s=args.batch_size / best,
+                       gflop_per_image=flops / args.batch_size / 1e9)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del model
+    return dict(device=args.device, cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                torch=torch.__version__, warmup=args.warmup, iters=args.iters, rows=rows)
+
+
+def to_markdown(result: dict, command: str) -> str:
+    lines = [
+        "# MAETok benchmark",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Device: {result['device']} ({result['cpu']}, {result['threads']} threads), torch {result['torch']}; random "
+        f"weights at the released sizes; {result['iters']} timed calls after {result['warmup']} warm-up (median and "
+        "best; on a machine shared with other jobs the best call is the steadier figure).",
+        "",
+        "| variant | image | params (M) | phase | dtype | attn | batch | s / call (median) | images/s (median) | "
+        "images/s (best) | GFLOP/image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['image_size']} | {r['params_m']:.1f} | {r['phase']} | {r['dtype']} | {r['attn']} | "
+            f"{r['batch_size']} | {r['seconds']:.2f} | {r['images_per_s']:.2f} | {r['best_images_per_s']:.2f} | "
+            f"{r['gflop_per_image']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=list(MAETOK_VARIANTS), choices=list(MAETOK_VARIANTS))
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--output", default=None, help="JSON results file")
+    parser.add_argument("--markdown", default=None, help="markdown table file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    if args.markdown:
+        command = "python benchmarks/bench_maetok.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(to_markdown(result, command.strip()))
+    return result
+
+
+if __name__ == "__main__":
+    main()
