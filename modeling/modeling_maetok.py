@@ -358,7 +358,7 @@ class MAETokPreTrainedModel(PreTrainedModel):
         "MAETokDecoderLayer",
     ]
     # the RoPE angles reach ~grid_size * |freq|; low-precision frequencies would visibly shift them
-    _keep_in_fp32_modules = ["rotary_emb"]
+    _keep_in_fp32_modules_strict = ["rotary_emb"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
