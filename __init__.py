@@ -5,11 +5,34 @@
 
 __version__ = "0.1.0"
 
+from .modeling import (
+    FLEXTOK_VAE_VARIANTS,
+    FLEXTOK_VARIANTS,
+    FlexTokConfig,
+    FlexTokModel,
+    FlexTokPreTrainedModel,
+)
+from .modeling import MAETOK_VARIANTS, MAETokConfig, MAETokModel, MAETokPreTrainedModel
 from .modeling import TITOK_VARIANTS, TiTokConfig, TiTokModel, TiTokPreTrainedModel
+from .processing import FlexTokImageProcessor, FlexTokImageProcessorPil
+from .processing import MAETokImageProcessor, MAETokImageProcessorPil
 from .processing import ImageTokenizationPipeline, TiTokImageProcessor, TiTokImageProcessorPil
 
 
 __all__ = [
+    "FLEXTOK_VAE_VARIANTS",
+    "FLEXTOK_VARIANTS",
+    "FlexTokConfig",
+    "FlexTokImageProcessor",
+    "FlexTokImageProcessorPil",
+    "FlexTokModel",
+    "FlexTokPreTrainedModel",
+    "MAETOK_VARIANTS",
+    "MAETokConfig",
+    "MAETokImageProcessor",
+    "MAETokImageProcessorPil",
+    "MAETokModel",
+    "MAETokPreTrainedModel",
     "TITOK_VARIANTS",
     "ImageTokenizationPipeline",
     "TiTokConfig",

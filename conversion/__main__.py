@@ -11,6 +11,8 @@ from .utils import ConversionError, save_conversion
 # ARCH -> module (in this package) exposing ``convert(source, config_file, presets_file) -> ConversionResult``
 CONVERTERS = {
     "titok": "convert_titok",
+    "flextok": "convert_flextok",
+    "maetok": "convert_maetok",
 }
 
 

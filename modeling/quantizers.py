@@ -5,6 +5,7 @@ Every quantizer computes in float32 whatever the model dtype (list the module in
 codebook itself also stays in float32 when a model is loaded in half precision).
 """
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -92,7 +93,8 @@ class FiniteScalarQuantizer(nn.Module):
         super().__init__()
         self.levels = list(levels)
         self.eps = eps
-        self.codebook_size = int(torch.tensor(self.levels).prod().item())
+        # plain Python: this also runs under the meta device of `from_pretrained`, where `.item()` fails
+        self.codebook_size = math.prod(self.levels)
 
     @property
     def embedding_dim(self) -> int:

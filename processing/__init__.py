@@ -2,14 +2,20 @@
 
 from transformers import AutoImageProcessor
 
-from ..modeling import TiTokConfig
+from ..modeling import FlexTokConfig, MAETokConfig, TiTokConfig
+from .image_processing_flextok import FlexTokImageProcessor, FlexTokImageProcessorPil
+from .image_processing_maetok import MAETokImageProcessor, MAETokImageProcessorPil
 from .image_processing_tokenizer import TiTokImageProcessor, TiTokImageProcessorPil
 from .pipeline_image_tokenization import ImageTokenizationPipeline, register_pipelines
 
 
 def register() -> None:
     """Registers every vistok image processor and pipeline (idempotent)."""
-    for config_class, torchvision_class, pil_class in ((TiTokConfig, TiTokImageProcessor, TiTokImageProcessorPil),):
+    for config_class, torchvision_class, pil_class in (
+        (TiTokConfig, TiTokImageProcessor, TiTokImageProcessorPil),
+        (FlexTokConfig, FlexTokImageProcessor, FlexTokImageProcessorPil),
+        (MAETokConfig, MAETokImageProcessor, MAETokImageProcessorPil),
+    ):
         AutoImageProcessor.register(
             config_class, image_processor_classes={"torchvision": torchvision_class, "pil": pil_class}, exist_ok=True
         )
@@ -18,4 +24,5 @@ def register() -> None:
 
 register()
 
-__all__ = ["ImageTokenizationPipeline", "TiTokImageProcessor", "TiTokImageProcessorPil"]
+__all__ = ["FlexTokImageProcessor", "FlexTokImageProcessorPil", "ImageTokenizationPipeline", "MAETokImageProcessor",
+           "MAETokImageProcessorPil", "TiTokImageProcessor", "TiTokImageProcessorPil"]

@@ -1,0 +1,185 @@
+"""FlexTok encode/decode timings at the released sizes (random weights; not a test).
+
+For each variant it builds the model (256x256 images, c16 VAE, 256 registers) and times:
+  * `encode`: VAE encoder + FlexTok encoder + FSQ, images -> 256 token ids;
+  * `decoder step`: one rectified-flow velocity prediction (`predict_velocity`, the unit a decode repeats);
+  * `vae decode`: latents -> pixels (once per decode);
+  * `decode`: `decode(tokens[:, :k], num_steps=S, ...)`, the whole sampler + VAE decode.
+For the first variant it also sweeps the number of kept tokens k (the decoder always attends over all 256 register
+slots, masked ones included, so k should not change the cost) and the number of Euler steps S, with and without
+guidance (guidance doubles the batch of every step). Reports the median seconds per call and the FLOPs per image
+counted with `torch.utils.flop_counter`.
+
+    python benchmarks/bench_flextok.py --markdown benchmarks/README_flextok.md
+"""
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from vistok import FLEXTOK_VARIANTS, FlexTokConfig, FlexTokModel
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# d18_d28_dfn has the architecture of d18_d28_in1k (only the training data differ)
+DEFAULT_VARIANTS = ["flextok_d12_d12_in1k", "flextok_d18_d18_in1k", "flextok_d18_d28_in1k"]
+
+
+def build_model(variant: str, dtype: torch.dtype, attn: str, device: str) -> FlexTokModel:
+    config = FlexTokConfig.from_variant(variant)
+    config._attn_implementation = attn
+    torch.manual_seed(0)
+    return FlexTokModel(config).eval().to(device=device, dtype=dtype)
+
+
+def measure(fn, warmup: int, iters: int, device: str) -> float:
+    """Median wall-clock seconds of `fn()` under no_grad."""
+    times = []
+    with torch.no_grad():
+        for step in range(warmup + iters):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            if step >= warmup:
+                times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def count_flops(fn) -> int:
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def decode_fn(model, tokens, noise, num_tokens, num_steps, guidance_scale):
+    return lambda: model.decode(
+        tokens[:, :num_tokens], num_steps=num_steps, guidance_scale=guidance_scale, guidance_type="apg", noise=noise
+    )
+
+
+def run(args) -> dict:
+    rows = []
+    dtype = DTYPES[args.dtype]
+
+    def record(variant, params, phase, fn, tokens_kept=None, steps=None, guidance=None, gflop=None, iters=None):
+        """Times `fn`; counts its FLOPs unless `gflop` (per image) is given."""
+        if gflop is None:
+            gflop = count_flops(fn) / args.batch_size / 1e9
+        seconds = measure(fn, args.warmup, iters or args.iters, args.device)
+        row = dict(variant=variant, params_m=round(params, 1), phase=phase, tokens=tokens_kept, steps=steps,
+                   guidance=guidance, dtype=args.dtype, batch_size=args.batch_size, seconds=seconds,
+                   images_per_s=args.batch_size / seconds, gflop_per_image=gflop)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    for index, variant in enumerate(args.variants):
+        model = build_model(variant, dtype, args.attn, args.device)
+        params = sum(p.numel() for p in model.parameters()) / 1e6
+        size = model.config.image_size
+        generator = torch.Generator().manual_seed(0)
+        pixel_values = (torch.rand(args.batch_size, 3, size, size, generator=generator) * 2 - 1).to(args.device, dtype)
+        with torch.no_grad():
+            encoded = model.encode(pixel_values)
+        tokens = encoded.tokens
+        noise = torch.randn(encoded.vae_latents.shape, generator=generator).to(args.device)
+        record(variant, params, "encode", lambda: model.encode(pixel_values), tokens_kept=256)
+        record(variant, params, "decoder step", lambda: model.predict_velocity(encoded.latents, noise, 1.0),
+               tokens_kept=256, steps=1, guidance=1.0)
+        record(variant, params, "vae decode", lambda: model.vae_decode(noise))
+        step_gflop, vae_gflop = rows[-2]["gflop_per_image"], rows[-1]["gflop_per_image"]
+
+        def decode_gflop(steps, guidance):
+            # a decode is `steps` decoder passes (twice as many with guidance) and one VAE decode
+            return steps * (1 if guidance == 1.0 else 2) * step_gflop + vae_gflop
+
+        record(variant, params, "decode", decode_fn(model, tokens, noise, 256, args.steps, 1.0), tokens_kept=256,
+               steps=args.steps, guidance=1.0, gflop=decode_gflop(args.steps, 1.0))
+        if index == 0 and not args.no_sweep:
+            for num_tokens in args.sweep_tokens:
+                fn = decode_fn(model, tokens, noise, num_tokens, args.steps, 1.0)
+                record(variant, params, "decode vs tokens", fn, tokens_kept=num_tokens, steps=args.steps, guidance=1.0,
+                       gflop=decode_gflop(args.steps, 1.0))
+            for guidance in (1.0, args.guidance_scale):
+                for steps in args.sweep_steps:
+                    record(variant, params, "decode vs steps", decode_fn(model, tokens, noise, 256, steps, guidance),
+                           tokens_kept=256, steps=steps, guidance=guidance, gflop=decode_gflop(steps, guidance))
+        del model, encoded
+        gc.collect()
+    return dict(device=args.device, cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
+                torch=torch.__version__, warmup=args.warmup, iters=args.iters, rows=rows)
+
+
+def _cell(value, fmt="{}"):
+    return "" if value is None else fmt.format(value)
+
+
+def to_markdown(result: dict, command: str) -> str:
+    lines = [
+        "# FlexTok benchmark",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Device: {result['device']} ({result['cpu']}, {result['threads']} threads), torch {result['torch']}; random "
+        f"weights at the released sizes (256x256 images, c16 VAE, 256 registers, FSQ 64k); median of "
+        f"{result['iters']} timed calls after {result['warmup']} warm-up. Guided decodes use APG; guidance 1.0 runs "
+        "no unconditional branch. FLOPs of the encode, decoder-step and VAE rows are counted with "
+        "`torch.utils.flop_counter`; those of whole decodes are derived (steps x decoder step, x2 with guidance, + VAE "
+        "decode).",
+        "",
+        "| variant | params (M) | phase | tokens k | steps | guidance | dtype | batch | s / call | images/s "
+        "| GFLOP/image |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['variant']} | {r['params_m']:.1f} | {r['phase']} | {_cell(r['tokens'])} | {_cell(r['steps'])} | "
+            f"{_cell(r['guidance'])} | {r['dtype']} | {r['batch_size']} | {r['seconds']:.2f} | "
+            f"{r['images_per_s']:.3f} | {_cell(r['gflop_per_image'], '{:.1f}')} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS, choices=list(FLEXTOK_VARIANTS))
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--attn", default="sdpa", choices=["sdpa", "eager"])
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iters", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=4, help="Euler steps of the `decode` rows and the token sweep")
+    parser.add_argument("--guidance-scale", type=float, default=7.5, help="guided rows of the step sweep (APG)")
+    parser.add_argument("--sweep-tokens", type=int, nargs="+", default=[1, 16, 256])
+    parser.add_argument("--sweep-steps", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--no-sweep", action="store_true", help="skip the token / step sweeps")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--output", default=None, help="JSON results file")
+    parser.add_argument("--markdown", default=None, help="markdown table file")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run(args)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(result, indent=2))
+    if args.markdown:
+        command = "python benchmarks/bench_flextok.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(to_markdown(result, command.strip()))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,789 @@
+"""FlexTok: resampling images into ordered 1D token sequences of flexible length (1 to 256 tokens).
+
+A frozen diffusers `AutoencoderKL` maps images to latents; a ViT encoder reads the latent patches with learned
+register tokens under a causal register mask, and FSQ turns the registers into token ids. Because register `i` only
+sees the patches and registers `<= i`, every prefix of the sequence is itself a valid (coarser) encoding. A
+rectified-flow ViT decoder denoises VAE latents conditioned on any prefix (positions past the prefix hold a learned
+mask token), with classifier-free or adaptive projected guidance (APG).
+Paper: https://arxiv.org/abs/2502.13967, original code: https://github.com/apple/ml-flextok.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_flextok import GUIDANCE_TYPES, FlexTokConfig
+from .layers import VisionEncoderLayer, get_2d_sincos_pos_embed
+from .quantizers import FiniteScalarQuantizer
+from .tokenizer_utils import (
+    TokenizerDecoderOutput,
+    TokenizerEncoderOutput,
+    TokenizerModelOutput,
+    VisualTokenizerMixin,
+    apply_forward_hook,
+)
+
+
+@dataclass
+class FlexTokEncoderOutput(TokenizerEncoderOutput):
+    r"""
+    latents (`torch.FloatTensor` of shape `(batch_size, num_tokens, len(fsq_levels))`):
+        FSQ codes in [-1, 1] (float32), what the decoder consumes.
+    tokens (`torch.LongTensor` of shape `(batch_size, num_tokens)`):
+        Ordered token ids (coarse to fine); any prefix is a valid encoding.
+    encoder_output (`torch.FloatTensor` of shape `(batch_size, num_tokens, len(fsq_levels))`):
+        Register outputs before quantization.
+    vae_latents (`torch.FloatTensor` of shape `(batch_size, vae_latent_channels, h, w)`):
+        Scaled VAE latents the encoder read.
+    """
+
+    vae_latents: torch.FloatTensor | None = None
+
+
+@dataclass
+class FlexTokDecoderOutput(TokenizerDecoderOutput):
+    r"""
+    reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`):
+        Decoded images in [-1, 1] (not clamped).
+    vae_latents (`torch.FloatTensor` of shape `(batch_size, vae_latent_channels, h, w)`):
+        Final sample of the rectified flow (scaled VAE latents) that the VAE decoded.
+    """
+
+    vae_latents: torch.FloatTensor | None = None
+
+
+@dataclass
+class FlexTokVelocityOutput(ModelOutput):
+    r"""
+    velocity (`torch.FloatTensor` of shape `(batch_size, vae_latent_channels, h, w)`):
+        Predicted rectified-flow velocity `noise - clean_latents` at the given time.
+    repa_features (`torch.FloatTensor` of shape `(batch_size, grid, grid, decoder_hidden_size)`, *optional*):
+        Patch-token features after decoder layer `config.repa_layer_index` (REPA alignment target).
+    """
+
+    velocity: torch.FloatTensor | None = None
+    repa_features: torch.FloatTensor | None = None
+
+
+@dataclass
+class FlexTokModelOutput(TokenizerModelOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+        Eval mode: MSE between the sampled reconstruction and `labels`. Training mode: the rectified-flow loss, MSE
+        between the predicted and the true velocity `noise - vae_latents(labels)`.
+    latents / tokens: the encoding (see `FlexTokEncoderOutput`).
+    reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`):
+        Eval mode: the sampled decode. Training mode: the VAE decode of the one-step clean-latent estimate
+        `x_t - t * velocity` (detached).
+    velocity (`torch.FloatTensor`, *optional*): training mode: the predicted velocity.
+    keep_k (`torch.LongTensor` of shape `(batch_size,)`, *optional*): training mode: registers kept by nested dropout.
+    """
+
+    velocity: torch.FloatTensor | None = None
+    keep_k: torch.LongTensor | None = None
+
+
+def patchify(latents: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, (H/p)*(W/p), p*p*C]; features ordered (row in patch, column in patch, channel)."""
+    batch_size, channels, height, width = latents.shape
+    grid_h, grid_w = height // patch_size, width // patch_size
+    patches = latents.reshape(batch_size, channels, grid_h, patch_size, grid_w, patch_size)
+    return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch_size, grid_h * grid_w, patch_size * patch_size * channels)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Inverse of `patchify`: [B, grid_h*grid_w, p*p*C] -> [B, C, grid_h*p, grid_w*p]."""
+    batch_size = patches.shape[0]
+    channels = patches.shape[-1] // (patch_size * patch_size)
+    latents = patches.reshape(batch_size, grid_h, grid_w, patch_size, patch_size, channels)
+    return latents.permute(0, 5, 1, 3, 2, 4).reshape(batch_size, channels, grid_h * patch_size, grid_w * patch_size)
+
+
+def register_attention_mask(num_patches: int, num_registers: int, device=None) -> torch.Tensor:
+    """Encoder mask, bool [1, 1, L, L] (True = attend): patches see all patches and no register; register `i` sees
+    all patches and registers `0..i`. This causality is what makes every token prefix a valid encoding."""
+    length = num_patches + num_registers
+    index = torch.arange(length, device=device)
+    causal = index[None, :] <= index[:, None]
+    mask = causal | (index[None, :] < num_patches)
+    mask[:num_patches, num_patches:] = False
+    return mask[None, None]
+
+
+# decode settings that a training step accepts (so one set of kwargs serves both modes) and ignores
+_DECODE_ONLY_KWARGS = {"num_steps", "guidance_scale", "guidance_type", "token_lengths"}
+
+
+def _rng_device(generator: torch.Generator | None, device) -> torch.device:
+    # draw on the generator's device, so a CPU generator gives the same numbers wherever the model runs
+    return generator.device if generator is not None else torch.device(device)
+
+
+def _flextok_sincos_table(width: int, grid: int) -> torch.Tensor:
+    # The original builds [sin(a), cos(a), sin(b), cos(b)] with a = row and b = column of a square grid (its
+    # "w"/"h" names are swapped by the meshgrid), which is exactly the MAE-style [emb(y) | emb(x)] table.
+    return get_2d_sincos_pos_embed(width, grid, grid)
+
+
+class FlexTokLayerNorm(nn.LayerNorm):
+    """Parameter-free LayerNorm computed in float32 (the original's `Fp32LayerNorm`), so half-precision weights do not
+    change the normalisation statistics."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5):
+        super().__init__(hidden_size, eps=eps, elementwise_affine=False, bias=False)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        normed = F.layer_norm(hidden_states.float(), self.normalized_shape, None, None, self.eps)
+        return normed.to(hidden_states.dtype)
+
+
+class FlexTokEncoderEmbeddings(nn.Module):
+    """Linear patch embedding of the VAE latent, its fixed 2D sin-cos table and the learned register tokens."""
+
+    def __init__(self, config: FlexTokConfig):
+        super().__init__()
+        width = config.encoder_hidden_size
+        self.patch_size = config.patch_size
+        self.patch_embedding = nn.Linear(config.vae_latent_channels * config.patch_size**2, width)
+        # fixed sin-cos table, stored in the checkpoint as in the original (a buffer, so it is never trained)
+        self.register_buffer("position_embedding", torch.empty(config.grid_size**2, width), persistent=True)
+        self.register_tokens = nn.Parameter(torch.empty(config.num_latent_tokens, width))
+
+    def forward(self, vae_latents: torch.Tensor, num_registers: int) -> torch.Tensor:
+        """[B, C, h, w] latents -> [B, num_patches + num_registers, width]."""
+        dtype = self.patch_embedding.weight.dtype
+        patches = self.patch_embedding(patchify(vae_latents.to(dtype), self.patch_size))
+        patches = patches + self.position_embedding.to(dtype)
+        registers = self.register_tokens[:num_registers].to(dtype).expand(patches.shape[0], -1, -1)
+        return torch.cat([patches, registers], dim=1)
+
+
+class FlexTokDecoderEmbeddings(nn.Module):
+    """Decoder inputs: register tokens from FSQ codes (projection + learned 1D positions, nested-dropout mask token,
+    CFG null condition) and the patch embedding of the noised VAE latent with its fixed sin-cos table."""
+
+    def __init__(self, config: FlexTokConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.patch_size = config.patch_size
+        self.num_registers = config.num_latent_tokens
+        self.token_projection = nn.Linear(len(config.fsq_levels), width)
+        self.register_position_embedding = nn.Parameter(torch.empty(config.num_latent_tokens, width))
+        self.mask_token = nn.Parameter(torch.empty(width))
+        self.null_condition = nn.Parameter(torch.empty(width)) if config.null_condition == "learned" else None
+        self.patch_embedding = nn.Linear(config.vae_latent_channels * config.patch_size**2, width)
+        self.register_buffer("position_embedding", torch.empty(config.grid_size**2, width), persistent=True)
+
+    def embed_registers(
+        self, codes: torch.Tensor, keep_k: torch.Tensor, null_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """codes [B, k, len(levels)] (k <= N), keep_k [B], null_mask [B] bool -> registers [B, N, width].
+
+        Positions `>= keep_k` hold the mask token (written after the position embedding); images flagged in
+        `null_mask` get the null condition at every position (unconditional CFG branch)."""
+        dtype = self.token_projection.weight.dtype
+        batch_size, num_codes, _ = codes.shape
+        if num_codes < self.num_registers:
+            codes = F.pad(codes, (0, 0, 0, self.num_registers - num_codes))
+        registers = self.token_projection(codes.to(dtype)) + self.register_position_embedding.to(dtype)
+        positions = torch.arange(self.num_registers, device=registers.device)
+        dropped = positions[None, :] >= keep_k.to(registers.device)[:, None]
+        registers = torch.where(dropped[..., None], self.mask_token.to(dtype), registers)
+        if null_mask is not None:
+            null = self.null_condition.to(dtype) if self.null_condition is not None else registers.new_zeros(())
+            registers = torch.where(null_mask.to(registers.device)[:, None, None], null, registers)
+        return registers
+
+    def embed_patches(self, noisy_latents: torch.Tensor) -> torch.Tensor:
+        """[B, C, h, w] -> [B, num_patches, width]."""
+        dtype = self.patch_embedding.weight.dtype
+        patches = self.patch_embedding(patchify(noisy_latents.to(dtype), self.patch_size))
+        return patches + self.position_embedding.to(dtype)
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        codes: torch.Tensor,
+        keep_k: torch.Tensor,
+        null_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The decoder sequence [B, num_patches + N, width]: noised latent patches, then registers."""
+        return torch.cat([self.embed_patches(noisy_latents), self.embed_registers(codes, keep_k, null_mask)], dim=1)
+
+
+class FlexTokTimestepEmbedding(nn.Module):
+    """Sinusoidal features of the flow time (cos first, max period 256, time scaled by 1000/max_timestep), then
+    Linear - SiLU - Linear."""
+
+    def __init__(self, config: FlexTokConfig):
+        super().__init__()
+        self.embedding_dim = config.timestep_embedding_dim
+        self.max_period = config.timestep_max_period
+        self.max_timestep = config.max_timestep
+        self.linear_1 = nn.Linear(config.timestep_embedding_dim, config.decoder_hidden_size)
+        self.act = nn.SiLU()
+        self.linear_2 = nn.Linear(config.decoder_hidden_size, config.decoder_hidden_size)
+
+    def forward(self, timesteps: torch.Tensor) -> torch.Tensor:
+        """timesteps [B] in [0, max_timestep] -> [B, decoder_hidden_size]."""
+        half = self.embedding_dim // 2
+        arange = torch.arange(half, dtype=torch.float32, device=timesteps.device)
+        freqs = torch.exp(-math.log(self.max_period) * arange / half)
+        freqs = (1000.0 / self.max_timestep) * freqs
+        args = timesteps[:, None].float() * freqs[None]
+        features = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if self.embedding_dim % 2:
+            features = F.pad(features, (0, 1))
+        features = features.to(self.linear_1.weight.dtype)
+        return self.linear_2(self.act(self.linear_1(features)))
+
+
+def _flextok_layer_kwargs(config: FlexTokConfig, prefix: str) -> dict:
+    hidden_size = getattr(config, f"{prefix}_hidden_size")
+    num_heads = getattr(config, f"{prefix}_num_attention_heads")
+    return dict(
+        hidden_size=hidden_size,
+        num_heads=num_heads,
+        intermediate_size=getattr(config, f"{prefix}_intermediate_size"),
+        hidden_act=config.hidden_act,
+        layer_norm_eps=config.layer_norm_eps,
+        norm_affine=False,
+        qkv_bias=False,
+        out_bias=False,
+        mlp_bias=False,
+        gated_mlp=True,
+        qk_norm="layernorm",
+        # muP attention scale (8 / head_dim), not 1/sqrt(head_dim)
+        scaling=config.attention_scale_multiplier / (hidden_size // num_heads),
+    )
+
+
+class FlexTokEncoderLayer(VisionEncoderLayer):
+    """Pre-norm block: parameter-free float32 LayerNorms, bias-free attention with QK-norm and muP scale, SwiGLU."""
+
+    def __init__(self, config: FlexTokConfig, prefix: str = "encoder"):
+        kwargs = _flextok_layer_kwargs(config, prefix)
+        super().__init__(config, **kwargs)
+        eps, head_dim = config.layer_norm_eps, self.self_attn.head_dim
+        self.norm1 = FlexTokLayerNorm(kwargs["hidden_size"], eps)
+        self.norm2 = FlexTokLayerNorm(kwargs["hidden_size"], eps)
+        self.self_attn.q_norm = FlexTokLayerNorm(head_dim, eps)
+        self.self_attn.k_norm = FlexTokLayerNorm(head_dim, eps)
+
+
+class FlexTokDecoderLayer(FlexTokEncoderLayer):
+    """Encoder block with adaLN-zero modulation from the timestep embedding. With `adaln_expansion=2` the patch
+    tokens and the register tokens get separate (gate, shift, scale) sets."""
+
+    def __init__(self, config: FlexTokConfig):
+        super().__init__(config, prefix="decoder")
+        self.expansion = config.adaln_expansion
+        width = config.decoder_hidden_size
+        self.adaln_modulation = nn.Linear(width, self.expansion * 6 * width)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        time_embedding: torch.Tensor,
+        num_patches: int,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """hidden_states [B, num_patches + N, D], time_embedding [B, D] -> [B, num_patches + N, D]."""
+        batch_size, length, width = hidden_states.shape
+        modulation = self.adaln_modulation(F.silu(time_embedding)).view(batch_size, self.expansion, 6, width)
+        if self.expansion == 2:
+            modulation = torch.cat(
+                [
+                    modulation[:, :1].expand(-1, num_patches, -1, -1),
+                    modulation[:, 1:].expand(-1, length - num_patches, -1, -1),
+                ],
+                dim=1,
+            )
+        # chunk order of the original adaLN projection
+        gate_msa, gate_mlp, shift_msa, scale_msa, shift_mlp, scale_mlp = modulation.unbind(dim=2)
+        attn_input = self.norm1(hidden_states) * (1.0 + scale_msa) + shift_msa
+        attn_output, _ = self.self_attn(attn_input, attention_mask, **kwargs)
+        hidden_states = hidden_states + gate_msa * attn_output
+        mlp_input = self.norm2(hidden_states) * (1.0 + scale_mlp) + shift_mlp
+        return hidden_states + gate_mlp * self.mlp(mlp_input)
+
+
+class FlexTokEncoder(nn.Module):
+    def __init__(self, config: FlexTokConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = FlexTokEncoderEmbeddings(config)
+        self.layers = nn.ModuleList(FlexTokEncoderLayer(config) for _ in range(config.encoder_num_hidden_layers))
+        self.norm = FlexTokLayerNorm(config.encoder_hidden_size, config.layer_norm_eps)
+        self.latent_projection = nn.Linear(config.encoder_hidden_size, len(config.fsq_levels))
+
+    def forward(self, vae_latents: torch.Tensor, num_registers: int) -> torch.Tensor:
+        """[B, C, h, w] scaled VAE latents -> [B, num_registers, len(fsq_levels)] pre-quantization latents."""
+        hidden_states = self.embeddings(vae_latents, num_registers)
+        num_patches = hidden_states.shape[1] - num_registers
+        attention_mask = register_attention_mask(num_patches, num_registers, hidden_states.device)
+        for layer in self.layers:
+            hidden_states = layer(hidden_states, attention_mask)
+        return self.latent_projection(self.norm(hidden_states[:, num_patches:]))
+
+
+class FlexTokDecoderHead(nn.Module):
+    """Final adaLN (shift, scale) on the patch tokens, then a linear map to latent patches."""
+
+    def __init__(self, config: FlexTokConfig):
+        super().__init__()
+        width = config.decoder_hidden_size
+        self.norm = FlexTokLayerNorm(width, config.layer_norm_eps)
+        self.adaln_modulation = nn.Linear(width, 2 * width)
+        self.projection = nn.Linear(width, config.vae_latent_channels * config.patch_size**2)
+
+    def forward(self, patch_states: torch.Tensor, time_embedding: torch.Tensor) -> torch.Tensor:
+        """[B, P, D], [B, D] -> [B, P, C * p * p]."""
+        shift, scale = self.adaln_modulation(F.silu(time_embedding))[:, None].chunk(2, dim=-1)
+        return self.projection(self.norm(patch_states) * (1.0 + scale) + shift)
+
+
+class FlexTokDecoder(nn.Module):
+    """Rectified-flow ViT over [noised latent patches ; registers] with full attention inside each image."""
+
+    def __init__(self, config: FlexTokConfig):
+        super().__init__()
+        self.config = config
+        self.embeddings = FlexTokDecoderEmbeddings(config)
+        self.time_embedding = FlexTokTimestepEmbedding(config)
+        self.layers = nn.ModuleList(FlexTokDecoderLayer(config) for _ in range(config.decoder_num_hidden_layers))
+        self.head = FlexTokDecoderHead(config)
+
+    def forward(
+        self,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        codes: torch.Tensor,
+        keep_k: torch.Tensor,
+        null_mask: torch.Tensor | None = None,
+        output_repa_features: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Velocity [B, C, h, w] (in the decoder's dtype) and optionally the REPA-layer patch features."""
+        hidden_states = self.embeddings(noisy_latents, codes, keep_k, null_mask)
+        num_patches = hidden_states.shape[1] - self.config.num_latent_tokens
+        time_embedding = self.time_embedding(timesteps)
+        repa_features = None
+        for index, layer in enumerate(self.layers):
+            hidden_states = layer(hidden_states, time_embedding, num_patches)
+            if output_repa_features and index == self.config.repa_layer_index:
+                repa_features = hidden_states[:, :num_patches]
+        patches = self.head(hidden_states[:, :num_patches], time_embedding)
+        grid_h, grid_w = (side // self.config.patch_size for side in noisy_latents.shape[-2:])
+        if repa_features is not None:
+            repa_features = repa_features.unflatten(1, (grid_h, grid_w))
+        return unpatchify(patches, self.config.patch_size, grid_h, grid_w), repa_features
+
+
+class FlexTokPreTrainedModel(PreTrainedModel):
+    config: FlexTokConfig
+    base_model_prefix = "flextok"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    supports_gradient_checkpointing = True
+    _no_split_modules = [
+        "FlexTokEncoderEmbeddings",
+        "FlexTokDecoderEmbeddings",
+        "FlexTokEncoderLayer",
+        "FlexTokDecoderLayer",
+        "FlexTokTimestepEmbedding",
+        "FlexTokDecoderHead",
+    ]
+    # the VAE runs in float32 in the original (dtype_override="fp32"), also when the rest is bf16/fp16; FSQ has no
+    # weights but computes in float32
+    _keep_in_fp32_modules_strict = ["vae"]
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_flex_attn = False
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        std = self.config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            if module.weight is not None:
+                init.ones_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, (FlexTokEncoderEmbeddings, FlexTokDecoderEmbeddings)):
+            grid = self.config.grid_size
+            width = module.position_embedding.shape[-1]
+            init.copy_(module.position_embedding, _flextok_sincos_table(width, grid))
+            for param in module.parameters(recurse=False):
+                init.trunc_normal_(param, std=std)
+
+
+class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
+    r"""
+    FlexTok tokenizer. `encode` maps images in [-1, 1] ([B, 3, 256, 256]) to up to `num_latent_tokens` ordered token
+    ids (coarse to fine); `decode` maps any prefix of them (ids [B, k] or FSQ codes [B, k, len(levels)], 1 <= k <= N)
+    back to images in [-1, 1] by integrating the rectified flow from noise with an Euler sampler.
+
+    Example:
+    ```python
+    >>> model = FlexTokModel(FlexTokConfig.from_variant("flextok_d12_d12_in1k"))
+    >>> tokens = model.encode(torch.rand(1, 3, 256, 256) * 2 - 1).tokens         # [1, 256]
+    >>> image = model.decode(tokens[:, :16], num_steps=20, guidance_scale=7.5, guidance_type="apg",
+    ...                      generator=torch.Generator().manual_seed(0)).reconstruction   # [1, 3, 256, 256]
+    ```
+    """
+
+    def __init__(self, config: FlexTokConfig):
+        super().__init__(config)
+        self.vae = AutoencoderKL.from_config(config.vae_config)
+        self.encoder = FlexTokEncoder(config)
+        self.quantizer = FiniteScalarQuantizer(config.fsq_levels)
+        self.decoder = FlexTokDecoder(config)
+        self.post_init()
+
+    def _check_num_tokens(self, num_tokens: int, what: str) -> None:
+        maximum = self.config.num_latent_tokens
+        if not 1 <= num_tokens <= maximum:
+            raise ValueError(f"FlexTok handles 1 to {maximum} tokens per image (any prefix), got {what}.")
+
+    def validate_tokens(self, tokens: torch.Tensor) -> None:
+        """Accepts any prefix length 1..num_latent_tokens."""
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must have shape [batch, num_tokens], got {tuple(tokens.shape)}.")
+        self._check_num_tokens(tokens.shape[1], f"{tokens.shape[1]} tokens (shape {tuple(tokens.shape)})")
+        vocab = self.vocab_size
+        if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
+            raise ValueError(
+                f"token ids must be in [0, {vocab}), got values in [{int(tokens.min())}, {int(tokens.max())}]."
+            )
+
+    def validate_latents(self, latents: torch.Tensor) -> None:
+        """Accepts FSQ codes [B, k, len(fsq_levels)] for any prefix length 1..num_latent_tokens."""
+        dim = len(self.config.fsq_levels)
+        if latents.ndim != 3 or latents.shape[-1] != dim:
+            raise ValueError(
+                f"latents must have shape [batch, num_tokens, latent_dim] with latent_dim={dim}, got "
+                f"{tuple(latents.shape)}."
+            )
+        self._check_num_tokens(latents.shape[1], f"{latents.shape[1]} latent tokens (shape {tuple(latents.shape)})")
+
+    @property
+    def _vae_dtype(self) -> torch.dtype:
+        return self.vae.encoder.conv_in.weight.dtype
+
+    @apply_forward_hook
+    def vae_encode(
+        self, pixel_values: torch.Tensor, sample_posterior: bool | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Images [B, 3, H, W] in [-1, 1] -> scaled VAE latents [B, C, H/f, W/f] (float32): posterior mode (or a
+        sample) times `config.vae_scaling_factor`."""
+        if sample_posterior is None:
+            sample_posterior = self.config.vae_sample_posterior
+        posterior = self.vae.encode(pixel_values.to(self._vae_dtype)).latent_dist
+        latents = posterior.sample(generator=generator) if sample_posterior else posterior.mode()
+        return latents.float() * self.config.vae_scaling_factor
+
+    @apply_forward_hook
+    def vae_decode(self, vae_latents: torch.Tensor) -> torch.Tensor:
+        """Scaled VAE latents [B, C, h, w] -> images [B, 3, h*f, w*f] in [-1, 1] (not clamped)."""
+        return self.vae.decode(vae_latents.to(self._vae_dtype) / self.config.vae_scaling_factor).sample
+
+    def _encode(
+        self,
+        pixel_values: torch.Tensor,
+        num_tokens: int | None = None,
+        sample_posterior: bool | None = None,
+        generator: torch.Generator | None = None,
+    ) -> FlexTokEncoderOutput:
+        if num_tokens is None:
+            num_tokens = self.config.num_latent_tokens
+        self._check_num_tokens(num_tokens, f"num_tokens={num_tokens}")
+        # the VAE is frozen: FlexTok never backpropagates into it
+        with torch.no_grad():
+            vae_latents = self.vae_encode(pixel_values, sample_posterior=sample_posterior, generator=generator)
+        encoder_output = self.encoder(vae_latents, num_tokens)
+        quantized = self.quantizer(encoder_output)
+        return FlexTokEncoderOutput(
+            latents=quantized.quantized,
+            tokens=quantized.indices,
+            encoder_output=encoder_output,
+            vae_latents=vae_latents,
+        )
+
+    def encode(self, pixel_values: torch.Tensor, return_dict: bool = True, **kwargs) -> FlexTokEncoderOutput:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`): images in [-1, 1].
+            num_tokens (`int`, *optional*): encode only the first `num_tokens` registers (1..N); the result equals
+                the prefix of the full encoding, at a lower cost.
+            sample_posterior (`bool`, *optional*): sample the VAE posterior instead of taking its mode (default:
+                `config.vae_sample_posterior`). generator (`torch.Generator`, *optional*): for that sample.
+
+        Returns: `FlexTokEncoderOutput` with `tokens` [B, k], `latents` (FSQ codes) [B, k, len(fsq_levels)],
+        `encoder_output` and `vae_latents`.
+        """
+        return super().encode(pixel_values, return_dict=return_dict, **kwargs)
+
+    @apply_forward_hook
+    def tokens_to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B, k] ids -> [B, k, len(fsq_levels)] FSQ codes in [-1, 1]."""
+        return self.quantizer.lookup(tokens)
+
+    @apply_forward_hook
+    def predict_velocity(
+        self,
+        latents: torch.Tensor,
+        noisy_latents: torch.Tensor,
+        timesteps: torch.Tensor | float,
+        keep_k: torch.Tensor | None = None,
+        unconditional: bool | torch.Tensor = False,
+        output_repa_features: bool = False,
+    ) -> FlexTokVelocityOutput:
+        r"""
+        One decoder evaluation.
+
+        Args:
+            latents (`torch.FloatTensor` of shape `(batch_size, k, len(fsq_levels))`): FSQ codes of a token prefix.
+            noisy_latents (`torch.FloatTensor` of shape `(batch_size, C, h, w)`): `t * noise + (1 - t) * vae_latents`.
+            timesteps (`torch.FloatTensor` of shape `(batch_size,)` or `float`): flow time t in [0, max_timestep].
+            keep_k (`torch.LongTensor` of shape `(batch_size,)`, *optional*): registers to keep per image (<= k);
+                default k.
+            unconditional (`bool` or `torch.BoolTensor` of shape `(batch_size,)`): replace the registers by the null
+                condition (the unconditional branch of guidance).
+            output_repa_features (`bool`): also return the patch features after layer `config.repa_layer_index`.
+        """
+        self.validate_latents(latents)
+        batch_size, num_codes = latents.shape[:2]
+        device = noisy_latents.device
+        self._check_noise(noisy_latents, batch_size, "noisy_latents")
+        if not torch.is_tensor(timesteps):
+            timesteps = torch.full((batch_size,), float(timesteps), device=device)
+        keep_k = self._check_keep_k(keep_k, batch_size, num_codes, device, "keep_k")
+        null_mask = torch.as_tensor(unconditional, dtype=torch.bool, device=device).expand(batch_size)
+        if output_repa_features and self.config.repa_layer_index is None:
+            raise ValueError("output_repa_features=True needs config.repa_layer_index.")
+        velocity, repa = self.decoder(noisy_latents, timesteps, latents, keep_k, null_mask, output_repa_features)
+        return FlexTokVelocityOutput(velocity=velocity, repa_features=repa)
+
+    @staticmethod
+    def _check_keep_k(keep_k, batch_size: int, num_codes: int, device, name: str) -> torch.Tensor:
+        """Per-image numbers of kept registers as a LongTensor [B] in [1, num_codes] (default: all)."""
+        if keep_k is None:
+            return torch.full((batch_size,), num_codes, dtype=torch.long, device=device)
+        keep_k = torch.as_tensor(keep_k, dtype=torch.long, device=device)
+        if keep_k.shape != (batch_size,) or int(keep_k.min()) < 1 or int(keep_k.max()) > num_codes:
+            raise ValueError(f"{name} must be {batch_size} integers in [1, {num_codes}], got {keep_k.tolist()}.")
+        return keep_k
+
+    def _check_noise(self, noise: torch.Tensor, batch_size: int, name: str = "noise") -> None:
+        side = self.config.latent_grid_size
+        expected = (batch_size, self.config.vae_latent_channels, side, side)
+        if not torch.is_tensor(noise) or tuple(noise.shape) != expected:
+            got = tuple(noise.shape) if torch.is_tensor(noise) else type(noise).__name__
+            raise ValueError(f"{name} must be a tensor of shape {list(expected)} (VAE latent layout), got {got}.")
+
+    def _sample_noise(self, batch_size: int, device, generator: torch.Generator | None) -> torch.Tensor:
+        side = self.config.latent_grid_size
+        shape = (1, self.config.vae_latent_channels, side, side)
+        # one draw per image, in order, as the original sampler does (same numbers for the same generator seed)
+        rng_device = _rng_device(generator, device)
+        draws = [torch.randn(shape, generator=generator, device=rng_device) for _ in range(batch_size)]
+        return torch.cat(draws).to(device)
+
+    def _guided_velocity(
+        self,
+        cond: torch.Tensor,
+        uncond: torch.Tensor,
+        guidance_scale: float,
+        guidance_type: str,
+        momentum: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if guidance_type == "cfg":
+            return uncond + guidance_scale * (cond - uncond), momentum
+        # adaptive projected guidance (arXiv:2410.02416), one momentum buffer per image
+        dims = (1, 2, 3)
+        diff = cond - uncond
+        momentum = diff if momentum is None else diff + self.config.apg_momentum * momentum
+        diff = momentum
+        if self.config.apg_norm_threshold > 0:
+            norm = diff.norm(p=2, dim=dims, keepdim=True)
+            diff = diff * torch.minimum(torch.ones_like(diff), self.config.apg_norm_threshold / norm)
+        direction = cond.double()
+        direction = direction / direction.norm(p=2, dim=dims, keepdim=True).clamp_min(1e-12)
+        parallel = (diff.double() * direction).sum(dim=dims, keepdim=True) * direction
+        orthogonal = (diff.double() - parallel).to(cond.dtype)
+        update = orthogonal + self.config.apg_eta * parallel.to(cond.dtype)
+        return cond + (guidance_scale - 1) * update, momentum
+
+    def _decode(
+        self,
+        latents: torch.Tensor,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_type: str | None = None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        token_lengths: torch.Tensor | None = None,
+    ) -> FlexTokDecoderOutput:
+        num_steps = self.config.num_inference_steps if num_steps is None else num_steps
+        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
+        guidance_type = self.config.guidance_type if guidance_type is None else guidance_type
+        if not isinstance(num_steps, int) or num_steps < 1:
+            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
+        if guidance_type not in GUIDANCE_TYPES:
+            raise ValueError(f"guidance_type must be one of {GUIDANCE_TYPES}, got {guidance_type!r}.")
+        batch_size, num_codes = latents.shape[:2]
+        device = latents.device
+        keep_k = self._check_keep_k(token_lengths, batch_size, num_codes, device, "token_lengths")
+        if noise is None:
+            noise = self._sample_noise(batch_size, device, generator)
+        else:
+            self._check_noise(noise, batch_size)
+        sample = noise.to(device=device, dtype=torch.float32)
+        guided = guidance_scale != 1.0
+        if guided:
+            # the conditional and unconditional branches run as one batch
+            null_mask = torch.arange(2 * batch_size, device=device) >= batch_size
+            latents_in, keep_in = torch.cat([latents, latents]), torch.cat([keep_k, keep_k])
+        else:
+            null_mask, latents_in, keep_in = None, latents, keep_k
+        momentum = None
+        dt = 1.0 / num_steps
+        for step in range(num_steps, 0, -1):
+            sample_in = torch.cat([sample, sample]) if guided else sample
+            timesteps = torch.full((sample_in.shape[0],), step / num_steps, device=device)
+            velocity, _ = self.decoder(sample_in, timesteps, latents_in, keep_in, null_mask)
+            velocity = velocity.float()
+            if guided:
+                velocity, momentum = self._guided_velocity(
+                    velocity[:batch_size], velocity[batch_size:], guidance_scale, guidance_type, momentum
+                )
+            sample = sample - dt * velocity
+        return FlexTokDecoderOutput(reconstruction=self.vae_decode(sample), vae_latents=sample)
+
+    def decode(self, tokens_or_latents: torch.Tensor, return_dict: bool = True, **kwargs) -> FlexTokDecoderOutput:
+        r"""
+        Args:
+            tokens_or_latents: `torch.LongTensor` [B, k] token ids or `torch.FloatTensor` [B, k, len(fsq_levels)]
+                FSQ codes, for any prefix length 1 <= k <= `num_latent_tokens`.
+            num_steps (`int`, *optional*): Euler steps from t=1 to t=0 (default `config.num_inference_steps`).
+            guidance_scale (`float`, *optional*): guidance scale; 1.0 runs no unconditional branch
+                (default `config.guidance_scale`).
+            guidance_type (`str`, *optional*): `"cfg"` (classifier-free guidance) or `"apg"` (adaptive projected
+                guidance) (default `config.guidance_type`).
+            generator (`torch.Generator`, *optional*): draws the initial noise (one [1, C, h, w] draw per image).
+            noise (`torch.FloatTensor` of shape `(batch_size, C, h, w)`, *optional*): explicit initial noise.
+            token_lengths (`torch.LongTensor` of shape `(batch_size,)`, *optional*): per-image prefix lengths when the
+                batch holds padded sequences of different lengths.
+
+        Returns: `FlexTokDecoderOutput` with `reconstruction` [B, 3, H, W] in [-1, 1] (not clamped) and the final
+        `vae_latents`.
+        """
+        return super().decode(tokens_or_latents, return_dict=return_dict, **kwargs)
+
+    def _sample_keep_k(self, batch_size: int, generator, device) -> torch.Tensor:
+        maximum = self.config.num_latent_tokens
+        mode = self.config.nested_dropout_mode
+        rng_device = _rng_device(generator, device)
+        if mode == "pow2":
+            exponents = torch.randint(0, maximum.bit_length(), (batch_size,), generator=generator, device=rng_device)
+            keep_k = 2**exponents
+        else:
+            keep_k = torch.randint(1, maximum + 1, (batch_size,), generator=generator, device=rng_device)
+            if mode == "uniform_pow2":
+                keep_k = torch.tensor([1 << (int(k) - 1).bit_length() for k in keep_k.tolist()]).clamp(max=maximum)
+        return keep_k.to(device)
+
+    def _training_forward(
+        self,
+        pixel_values: torch.Tensor,
+        labels: torch.Tensor | None,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+        timesteps: torch.Tensor | None = None,
+        keep_k: torch.Tensor | None = None,
+        **decode_kwargs,
+    ) -> FlexTokModelOutput:
+        unknown = set(decode_kwargs) - _DECODE_ONLY_KWARGS
+        if unknown:
+            raise ValueError(
+                f"unexpected arguments {sorted(unknown)} for a training step; it takes generator, noise, timesteps and "
+                f"keep_k (decode settings {sorted(_DECODE_ONLY_KWARGS)} are accepted and ignored)."
+            )
+        encoded = self._encode(pixel_values)
+        clean = encoded.vae_latents
+        if labels is not None and labels is not pixel_values:
+            if labels.shape != pixel_values.shape:
+                raise ValueError(
+                    f"labels must have the shape of pixel_values {tuple(pixel_values.shape)}, got "
+                    f"{tuple(labels.shape)}."
+                )
+            with torch.no_grad():
+                clean = self.vae_encode(labels)
+        batch_size, device = clean.shape[0], clean.device
+        rng_device = _rng_device(generator, device)
+        if timesteps is None:
+            if self.config.training_timestep_sampling == "uniform":
+                timesteps = torch.rand(batch_size, generator=generator, device=rng_device)
+            else:
+                timesteps = torch.sigmoid(torch.randn(batch_size, generator=generator, device=rng_device))
+        timesteps = torch.as_tensor(timesteps, dtype=torch.float32).to(device).expand(batch_size)
+        if noise is None:
+            noise = torch.randn(clean.shape, generator=generator, device=rng_device).to(device)
+        else:
+            self._check_noise(noise, batch_size)
+        if keep_k is None:
+            keep_k = self._sample_keep_k(batch_size, generator, device)
+        else:
+            keep_k = self._check_keep_k(keep_k, batch_size, self.config.num_latent_tokens, device, "keep_k")
+        null_mask = torch.rand(batch_size, generator=generator, device=rng_device) < self.config.cfg_dropout_prob
+        null_mask = null_mask.to(device)
+        sigma = timesteps[:, None, None, None]
+        noisy = sigma * noise.float() + (1.0 - sigma) * clean
+        velocity, _ = self.decoder(noisy, timesteps, encoded.latents, keep_k, null_mask)
+        loss = None
+        if labels is not None:
+            loss = F.mse_loss(velocity.float(), (noise.float() - clean))
+        with torch.no_grad():
+            reconstruction = self.vae_decode(noisy - sigma * velocity.float())
+        return FlexTokModelOutput(
+            loss=loss,
+            latents=encoded.latents,
+            reconstruction=reconstruction,
+            tokens=encoded.tokens,
+            velocity=velocity,
+            keep_k=keep_k,
+        )
+
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, return_dict: bool = True, **kwargs
+    ):
+        r"""
+        Eval mode: `decode(encode(pixel_values))` with the decode arguments in `kwargs`; with `labels`, `loss` is the
+        pixel MSE to them.
+
+        Training mode (the original training step): encode, then one decoder pass on `x_t = t * noise + (1 - t) * x0`
+        (x0 = scaled VAE latents of `labels`, or of `pixel_values` without labels) with nested dropout (a random
+        number of kept registers per image, `config.nested_dropout_mode`) and null-condition dropout
+        (`config.cfg_dropout_prob`). `loss` = MSE(velocity, noise - x0). `generator=` makes every random draw (t,
+        noise, kept registers, null condition) reproducible; `noise=`, `timesteps=` ([B] in [0, 1]) and `keep_k=`
+        ([B]) fix them explicitly.
+        """
+        if not self.training:
+            return super().forward(pixel_values, labels=labels, return_dict=return_dict, **kwargs)
+        self.validate_pixel_values(pixel_values)
+        output = self._training_forward(pixel_values, labels, **kwargs)
+        return output if return_dict else output.to_tuple()
+
+
+__all__ = ["FlexTokModel", "FlexTokPreTrainedModel", "FlexTokDecoderOutput", "FlexTokEncoderOutput"]
