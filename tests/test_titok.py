@@ -244,3 +244,21 @@ def test_pil_processor_matches_original_preprocessing():
     torch.testing.assert_close(ours, reference, atol=1e-6, rtol=0)
     fast = vistok.TiTokImageProcessor()(image, return_tensors="pt")["pixel_values"][0]
     assert (fast - reference).abs().max() < 0.05
+
+
+def test_pixel_decoder_slicing_does_not_change_results():
+    from testers.titok import TESTERS
+
+    tester = next(t for t in TESTERS if t.name == "titok-legacy-vq")
+    model = tester.make_model()
+    with torch.no_grad():
+        tokens = model.encode(tester.make_pixel_values(5)).tokens
+        sliced = model.decode(tokens).reconstruction
+        model.set_pixel_decoder_slice_size(None)
+        whole = model.decode(tokens).reconstruction
+        model.set_pixel_decoder_slice_size(1)
+        single = model.decode(tokens).reconstruction
+    torch.testing.assert_close(sliced, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(single, whole, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="positive integer"):
+        model.set_pixel_decoder_slice_size(0)
