@@ -10,7 +10,7 @@ slots, masked ones included, so k should not change the cost) and the number of 
 guidance (guidance doubles the batch of every step). Reports the median seconds per call and the FLOPs per image
 counted with `torch.utils.flop_counter`.
 
-    python benchmarks/bench_flextok.py --markdown benchmarks/README_flextok.md
+    python benchmarks/bench_flextok.py --markdown benchmarks/results/flextok_cpu.md
 """
 
 import argparse

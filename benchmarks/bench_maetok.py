@@ -4,7 +4,7 @@ For each variant of `MAETOK_VARIANTS` it builds the model, then times `encode` (
 `decode` (latents -> images) with a few iterations and reports images/s, the median seconds per call and the FLOPs
 per image counted with `torch.utils.flop_counter`.
 
-    python benchmarks/bench_maetok.py --markdown benchmarks/README_maetok.md
+    python benchmarks/bench_maetok.py --markdown benchmarks/results/maetok_cpu.md
 """
 
 import argparse
