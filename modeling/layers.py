@@ -12,9 +12,29 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+
+def init_common_weights(module: nn.Module, std: float) -> bool:
+    """Truncated-normal weights and zero biases for linear/conv layers, unit weights and zero biases for norms.
+
+    Returns True when ``module`` was one of those, so a model's ``_init_weights`` only handles its own modules after
+    it. Uses ``transformers.initialization``, which leaves weights loaded from a checkpoint untouched."""
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+        return True
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+        if module.weight is not None:
+            init.ones_(module.weight)
+        if module.bias is not None:
+            init.zeros_(module.bias)
+        return True
+    return False
 
 
 def eager_attention_forward(

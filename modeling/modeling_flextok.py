@@ -20,7 +20,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_flextok import GUIDANCE_TYPES, FlexTokConfig
-from .layers import VisionEncoderLayer, get_2d_sincos_pos_embed
+from .layers import VisionEncoderLayer, get_2d_sincos_pos_embed, init_common_weights
 from .quantizers import FiniteScalarQuantizer
 from .tokenizer_utils import (
     TokenizerDecoderOutput,
@@ -411,16 +411,9 @@ class FlexTokPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
-            if module.weight is not None:
-                init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, (FlexTokEncoderEmbeddings, FlexTokDecoderEmbeddings)):
+        if init_common_weights(module, std):
+            return
+        if isinstance(module, (FlexTokEncoderEmbeddings, FlexTokDecoderEmbeddings)):
             grid = self.config.grid_size
             width = module.position_embedding.shape[-1]
             init.copy_(module.position_embedding, _flextok_sincos_table(width, grid))

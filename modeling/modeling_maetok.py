@@ -21,7 +21,7 @@ from transformers import initialization as init
 
 from .configuration_maetok import MAETokConfig
 from .hog import HOGFeatures
-from .layers import LayerScale, VisionEncoderLayer
+from .layers import LayerScale, VisionEncoderLayer, init_common_weights
 from .tokenizer_utils import (
     TokenizerDecoderOutput,
     TokenizerEncoderOutput,
@@ -367,16 +367,9 @@ class MAETokPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, nn.LayerNorm):
-            if module.weight is not None:
-                init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, LayerScale):
+        if init_common_weights(module, std):
+            return
+        if isinstance(module, LayerScale):
             init.constant_(module.lambda1, self.config.layer_scale_init)
         elif isinstance(module, MAETokModulation):
             # adaLN-zero: the decoders start unconditioned, as in the original training

@@ -14,7 +14,7 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .configuration_titok import TiTokConfig
-from .layers import VisionEncoderLayer
+from .layers import VisionEncoderLayer, init_common_weights
 from .quantizers import DiagonalGaussianDistribution, VectorQuantizer
 from .tokenizer_utils import (
     TokenizerDecoderOutput,
@@ -296,19 +296,12 @@ class TiTokPreTrainedModel(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module):
         std = self.config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            init.trunc_normal_(module.weight, std=std)
-            if module.bias is not None:
-                init.zeros_(module.bias)
-        elif isinstance(module, VectorQuantizer):
+        if init_common_weights(module, std):
+            return
+        if isinstance(module, VectorQuantizer):
             init.uniform_(module.embedding, -1.0 / module.num_embeddings, 1.0 / module.num_embeddings)
         elif isinstance(module, TiTokPixelCodebook):
             init.trunc_normal_(module.embedding, std=std)
-        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
-            if module.weight is not None:
-                init.ones_(module.weight)
-            if module.bias is not None:
-                init.zeros_(module.bias)
         elif isinstance(module, (TiTokEncoderEmbeddings, TiTokDecoderEmbeddings)):
             scale = module.class_embedding.shape[-1] ** -0.5
             for name, param in module.named_parameters(recurse=False):

@@ -5,7 +5,6 @@ Each tokenizer gets two classes, as in transformers 5.x: a torchvision backend (
 (``backend="pil"``), which reproduces the original code's PIL/``torchvision.transforms`` preprocessing exactly.
 """
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
