@@ -17,18 +17,14 @@ import argparse
 import gc
 import json
 import platform
-import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from bench_common import DTYPES, count_flops, median_seconds, write_results
 
 from vistok import FLEXTOK_VARIANTS, FlexTokConfig, FlexTokModel
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # d18_d28_dfn has the architecture of d18_d28_in1k (only the training data differ)
 DEFAULT_VARIANTS = ["flextok_d12_d12_in1k", "flextok_d18_d18_in1k", "flextok_d18_d28_in1k"]
 
@@ -38,28 +34,6 @@ def build_model(variant: str, dtype: torch.dtype, attn: str, device: str) -> Fle
     config._attn_implementation = attn
     torch.manual_seed(0)
     return FlexTokModel(config).eval().to(device=device, dtype=dtype)
-
-
-def measure(fn, warmup: int, iters: int, device: str) -> float:
-    """Median wall-clock seconds of `fn()` under no_grad."""
-    times = []
-    with torch.no_grad():
-        for step in range(warmup + iters):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if step >= warmup:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def count_flops(fn) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def decode_fn(model, tokens, noise, num_tokens, num_steps, guidance_scale):
@@ -76,7 +50,7 @@ def run(args) -> dict:
         """Times `fn`; counts its FLOPs unless `gflop` (per image) is given."""
         if gflop is None:
             gflop = count_flops(fn) / args.batch_size / 1e9
-        seconds = measure(fn, args.warmup, iters or args.iters, args.device)
+        seconds = median_seconds(fn, args.warmup, iters or args.iters, args.device)
         row = dict(variant=variant, params_m=round(params, 1), phase=phase, tokens=tokens_kept, steps=steps,
                    guidance=guidance, dtype=args.dtype, batch_size=args.batch_size, seconds=seconds,
                    images_per_s=args.batch_size / seconds, gflop_per_image=gflop)
@@ -171,13 +145,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        command = "python benchmarks/bench_flextok.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(to_markdown(result, command.strip()))
+    command = "python benchmarks/bench_flextok.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_results(result, args.output, args.markdown, lambda: to_markdown(result, command.strip()))
     return result
 
 

@@ -12,16 +12,11 @@ import json
 import platform
 import statistics
 import sys
-import time
-from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from bench_common import DTYPES, count_flops, time_calls, write_results
 
 from vistok import MAETOK_VARIANTS, MAETokConfig, MAETokModel
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def build_model(variant: str, dtype: torch.dtype, attn: str, device: str) -> MAETokModel:
@@ -29,28 +24,6 @@ def build_model(variant: str, dtype: torch.dtype, attn: str, device: str) -> MAE
     config._attn_implementation = attn
     torch.manual_seed(0)
     return MAETokModel(config).eval().to(device=device, dtype=dtype)
-
-
-def measure(fn, warmup: int, iters: int, device: str) -> tuple[float, float]:
-    """(median, best) wall-clock seconds of `fn()` under no_grad; the best is the less contention-sensitive one."""
-    times = []
-    with torch.no_grad():
-        for step in range(warmup + iters):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            fn()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            if step >= warmup:
-                times.append(time.perf_counter() - start)
-    return statistics.median(times), min(times)
-
-
-def count_flops(fn) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def run(args) -> dict:
@@ -66,7 +39,8 @@ def run(args) -> dict:
         phases = {"encode": lambda: model.encode(pixel_values), "decode": lambda: model.decode(latents)}
         for phase, fn in phases.items():
             flops = count_flops(fn)
-            seconds, best = measure(fn, args.warmup, args.iters, args.device)
+            times = time_calls(fn, args.warmup, args.iters, args.device)
+            seconds, best = statistics.median(times), min(times)
             row = dict(variant=variant, image_size=size, params_m=round(params, 2), phase=phase, dtype=args.dtype,
                        attn=args.attn, batch_size=args.batch_size, seconds=seconds, best_seconds=best,
                        images_per_s=args.batch_size / seconds, best_images_per_s=args.batch_size / best,
@@ -117,13 +91,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     result = run(args)
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        command = "python benchmarks/bench_maetok.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(to_markdown(result, command.strip()))
+    command = "python benchmarks/bench_maetok.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    write_results(result, args.output, args.markdown, lambda: to_markdown(result, command.strip()))
     return result
 
 

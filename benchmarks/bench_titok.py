@@ -12,20 +12,16 @@ import argparse
 import ctypes
 import json
 import platform
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
+from bench_common import DTYPES, count_flops, median_seconds, synchronize, write_results
 
 import vistok
 from vistok.modeling.configuration_titok import TiTokConfig
-
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def tune_glibc_allocator() -> bool:
@@ -49,17 +45,12 @@ def matmul_peak_gflops(dtype: torch.dtype, device: str, size: int = 4096, repeat
     torch.mm(a, b)
     best = float("inf")
     for _ in range(repeats):
-        _sync(device)
+        synchronize(device)
         start = time.perf_counter()
         torch.mm(a, b)
-        _sync(device)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * size**3 / best / 1e9
-
-
-def _sync(device: str):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def build_model(variant: str, dtype: torch.dtype, attn: str, device: str):
@@ -79,26 +70,6 @@ def phase_fn(model, phase: str, batch_size: int, dtype: torch.dtype, device: str
     if phase == "encode":
         return lambda: model.encode(pixel_values)
     return lambda: model.decode(source)
-
-
-def count_flops(fn) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
-
-
-def time_fn(fn, device: str, warmup: int, iters: int) -> float:
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(iters):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _resident_gb(field: str) -> float:
@@ -168,7 +139,7 @@ def main(argv=None):
                         model.set_attn_implementation("eager")
                         flops = count_flops(fn)
                         model.set_attn_implementation(attn)
-                        seconds = time_fn(fn, args.device, args.warmup, args.iters)
+                        seconds = median_seconds(fn, args.warmup, args.iters, args.device)
                         # the peak is re-measured next to every row: on a shared machine both move together
                         peak = max(peaks[dtype_name], matmul_peak_gflops(DTYPES[dtype_name], args.device, repeats=3))
                         peaks[dtype_name] = peak
@@ -190,12 +161,7 @@ def main(argv=None):
     result = dict(device=args.device, cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
                   torch=torch.__version__, allocator_tuned=allocator_tuned, matmul_peak_gflops=peaks, rows=rows,
                   command="python benchmarks/bench_titok.py " + " ".join(sys.argv[1:] if argv is None else argv))
-    if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(result, indent=2))
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(to_markdown(result))
+    write_results(result, args.output, args.markdown, lambda: to_markdown(result))
     return result
 
 
