@@ -14,12 +14,21 @@ from .modeling import (
 )
 from .modeling import MAETOK_VARIANTS, MAETokConfig, MAETokModel, MAETokPreTrainedModel
 from .modeling import TITOK_VARIANTS, TiTokConfig, TiTokModel, TiTokPreTrainedModel
+from .modeling import OLA_VARIANTS, BeatsConfig, BeatsModel, OlaConfig, OlaForConditionalGeneration, OlaModel, OryxViTConfig, OryxViTModel
 from .processing import FlexTokImageProcessor, FlexTokImageProcessorPil
 from .processing import MAETokImageProcessor, MAETokImageProcessorPil
 from .processing import ImageTokenizationPipeline, TiTokImageProcessor, TiTokImageProcessorPil
 
 
 __all__ = [
+    "OLA_VARIANTS",
+    "BeatsConfig",
+    "BeatsModel",
+    "OlaConfig",
+    "OlaForConditionalGeneration",
+    "OlaModel",
+    "OryxViTConfig",
+    "OryxViTModel",
     "FLEXTOK_VAE_VARIANTS",
     "FLEXTOK_VARIANTS",
     "FlexTokConfig",
