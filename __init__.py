@@ -17,6 +17,7 @@ from .modeling import TITOK_VARIANTS, TiTokConfig, TiTokModel, TiTokPreTrainedMo
 from .modeling import OLA_VARIANTS, BeatsConfig, BeatsModel, OlaConfig, OlaForConditionalGeneration, OlaModel, OryxViTConfig, OryxViTModel
 from .processing import FlexTokImageProcessor, FlexTokImageProcessorPil
 from .processing import MAETokImageProcessor, MAETokImageProcessorPil
+from .processing import OlaFeatureExtractor, OlaImageProcessor, OlaProcessor
 from .processing import ImageTokenizationPipeline, TiTokImageProcessor, TiTokImageProcessorPil
 
 
@@ -29,6 +30,9 @@ __all__ = [
     "OlaModel",
     "OryxViTConfig",
     "OryxViTModel",
+    "OlaFeatureExtractor",
+    "OlaImageProcessor",
+    "OlaProcessor",
     "FLEXTOK_VAE_VARIANTS",
     "FLEXTOK_VARIANTS",
     "FlexTokConfig",

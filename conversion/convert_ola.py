@@ -313,4 +313,40 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         filler.add(renamed, unmapped)
     filler.finish()
     notes = [f"Whisper from {whisper_file.name}, BEATs from {beats_file.name}; model.speech_encoder.* copies dropped"]
-    return ConversionResult(model=model, processors=[], notes=notes)
+    processors = []
+    tokenizer = _load_tokenizer(source)
+    if tokenizer is None:
+        notes.append("no tokenizer files in SOURCE: no processor written (placeholder ids = vocab_size + 0/1/2)")
+        logger.warning(notes[-1])
+    else:
+        processors.append(_attach_tokenizer(model, tokenizer))
+    return ConversionResult(model=model, processors=processors, notes=notes)
+
+
+def _load_tokenizer(source: Path):
+    if not any((source / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(source))
+
+
+def _attach_tokenizer(model: OlaForConditionalGeneration, tokenizer):
+    """As the original loader, shrink the embeddings and LM head to the tokenizer (`resize_token_embeddings(
+    len(tokenizer))` drops the unused padding rows), then add the three placeholder tokens after it."""
+    from ..processing.feature_extraction_ola import OlaFeatureExtractor
+    from ..processing.image_processing_ola import OlaImageProcessor
+    from ..processing.processing_ola import OlaProcessor
+
+    config = model.config
+    size = len(tokenizer)
+    if size < config.text_config.vocab_size:
+        logger.info("shrinking the vocabulary from %d to the tokenizer's %d tokens", config.text_config.vocab_size, size)
+        model.resize_token_embeddings(size)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<speech>", "<video>"]},
+                                 replace_extra_special_tokens=False)
+    config.image_token_id, config.audio_token_id, config.video_token_id = tokenizer.convert_tokens_to_ids(
+        ["<image>", "<speech>", "<video>"]
+    )
+    return OlaProcessor(OlaImageProcessor(), OlaFeatureExtractor(), tokenizer,
+                        audio_downsample_rate=config.audio_downsample_rate)

@@ -2,11 +2,14 @@
 
 from transformers import AutoImageProcessor
 
-from ..modeling import FlexTokConfig, MAETokConfig, TiTokConfig
+from ..modeling import FlexTokConfig, MAETokConfig, OlaConfig, TiTokConfig
+from .feature_extraction_ola import OlaFeatureExtractor
 from .image_processing_flextok import FlexTokImageProcessor, FlexTokImageProcessorPil
 from .image_processing_maetok import MAETokImageProcessor, MAETokImageProcessorPil
+from .image_processing_ola import OlaImageProcessor
 from .image_processing_tokenizer import TiTokImageProcessor, TiTokImageProcessorPil
 from .pipeline_image_tokenization import ImageTokenizationPipeline, register_pipelines
+from .processing_ola import OlaProcessor
 
 
 def register() -> None:
@@ -20,9 +23,20 @@ def register() -> None:
             config_class, image_processor_classes={"torchvision": torchvision_class, "pil": pil_class}, exist_ok=True
         )
     register_pipelines()
+    register_ola()
+
+
+def register_ola() -> None:
+    from transformers import AutoFeatureExtractor, AutoProcessor
+
+    AutoImageProcessor.register(
+        OlaConfig, image_processor_classes={"torchvision": OlaImageProcessor, "pil": OlaImageProcessor}, exist_ok=True
+    )
+    AutoFeatureExtractor.register(OlaConfig, OlaFeatureExtractor, exist_ok=True)
+    AutoProcessor.register(OlaConfig, OlaProcessor, exist_ok=True)
 
 
 register()
 
-__all__ = ["FlexTokImageProcessor", "FlexTokImageProcessorPil", "ImageTokenizationPipeline", "MAETokImageProcessor",
+__all__ = ["OlaFeatureExtractor", "OlaImageProcessor", "OlaProcessor", "FlexTokImageProcessor", "FlexTokImageProcessorPil", "ImageTokenizationPipeline", "MAETokImageProcessor",
            "MAETokImageProcessorPil", "TiTokImageProcessor", "TiTokImageProcessorPil"]

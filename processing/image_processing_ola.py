@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import BatchFeature
-from transformers.image_processing_utils import ImageProcessingMixin
+from transformers.image_processing_utils import BaseImageProcessor
 
 
 def patchify(pixel_values: torch.Tensor, patch_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -68,7 +68,7 @@ def resize_to_stride(
     return canvas
 
 
-class OlaImageProcessor(ImageProcessingMixin):
+class OlaImageProcessor(BaseImageProcessor):
     r"""
     Ola's image and video preprocessing (see the module docstring). Outputs packed patches:
 
