@@ -1,6 +1,7 @@
 """vistok processors and pipelines; importing this module registers them with transformers."""
 
 from transformers import AutoImageProcessor
+from transformers.utils import is_torchvision_available
 
 from ..modeling import FlexTokConfig, MAETokConfig, OlaConfig, TiTokConfig
 from .feature_extraction_ola import OlaFeatureExtractor
@@ -23,6 +24,10 @@ def register() -> None:
             config_class, image_processor_classes={"torchvision": torchvision_class, "pil": pil_class}, exist_ok=True
         )
     register_pipelines()
+    if is_torchvision_available():  # transformers' video processors need torchvision
+        from .video_io import install_pyav_fallback
+
+        install_pyav_fallback()
     register_ola()
 
 
