@@ -173,10 +173,15 @@ class OlaSeparators(nn.Module):
         self.end = nn.Parameter(torch.zeros(hidden_size))
         self.separator = nn.Parameter(torch.zeros(hidden_size)) if with_separator else None
 
+    def forward(self) -> torch.Tensor:
+        """[3 or 4, D]: newline, begin, end(, separator); read through `forward` so offload hooks load them."""
+        markers = [self.newline, self.begin, self.end] + ([self.separator] if self.separator is not None else [])
+        return torch.stack(markers)
+
 
 class OlaMultiModalProjector(nn.Module):
-    """OryxViT features of one view -> LLM embeddings with a newline after each row (`project_view`); images and
-    videos are then wrapped in their markers."""
+    """OryxViT features -> LLM embeddings: per view proj1, local-global pooling, GELU, proj2, a newline after each
+    row; images and videos are then wrapped in their markers."""
 
     def __init__(self, config: OlaConfig):
         super().__init__()
@@ -187,31 +192,35 @@ class OlaMultiModalProjector(nn.Module):
         self.proj2 = nn.Linear(hidden, hidden)
         self.separators = OlaSeparators(hidden, with_separator=True)
 
-    def project_view(self, features: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    def project_view(self, features: torch.Tensor, grid_hw: tuple[int, int], newline: torch.Tensor) -> torch.Tensor:
         """[B, h * w, Dv] -> [B, h/2 * (w/2 + 1), D]."""
         batch = features.shape[0]
         hidden_states = self.proj2(self.act(self.pooler(self.proj1(features.reshape(batch, *grid_hw, -1)))))
         rows, cols = hidden_states.shape[1:3]
-        newline = self.separators.newline.to(hidden_states.dtype).expand(batch, rows, 1, -1)
+        newline = newline.to(hidden_states.dtype).expand(batch, rows, 1, -1)
         return torch.cat([hidden_states, newline], dim=2).reshape(batch, rows * (cols + 1), -1)
 
-    def _marker(self, parameter: nn.Parameter, like: torch.Tensor) -> torch.Tensor:
-        return parameter.to(like.dtype)[None]
-
-    def forward_image(self, lowres: torch.Tensor, lowres_grid, highres: torch.Tensor, highres_grid) -> torch.Tensor:
-        """One image: [begin, low-res tokens, sep, high-res tokens, end] -> [N, D]."""
-        low = self.project_view(lowres[None], lowres_grid)[0]
-        high = self.project_view(highres[None], highres_grid)[0]
-        s = self.separators
-        return torch.cat([self._marker(s.begin, low), low, self._marker(s.separator, low), high, self._marker(s.end, low)])
-
-    def forward_video(self, frames: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
-        """One video, frames [T, h * w, Dv]: [begin, (frame tokens, sep) * T, end] -> [N, D]."""
-        tokens = self.project_view(frames, grid_hw)
-        s = self.separators
-        tokens = torch.cat([tokens, self._marker(s.separator, tokens).expand(tokens.shape[0], 1, -1)], dim=1)
-        tokens = tokens.flatten(0, 1)
-        return torch.cat([self._marker(s.begin, tokens), tokens, self._marker(s.end, tokens)])
+    def forward(
+        self,
+        features: torch.Tensor,
+        grid_hw: tuple[int, int],
+        lowres_features: torch.Tensor | None = None,
+        lowres_grid_hw: tuple[int, int] | None = None,
+    ) -> torch.Tensor:
+        """One image (``lowres_features`` given; ``features`` [h * w, Dv] of the high-res view):
+        [begin, low-res tokens, sep, high-res tokens, end]; or one video (``features`` [T, h * w, Dv], its frames):
+        [begin, (frame tokens, sep) * T, end]. Returns [N, D]."""
+        newline, begin, end, separator = self.separators()[:, None]
+        if lowres_features is not None:
+            low = self.project_view(lowres_features[None], lowres_grid_hw, newline)[0]
+            high = self.project_view(features[None], grid_hw, newline)[0]
+            parts = [begin, low, separator, high, end]
+        else:
+            tokens = self.project_view(features, grid_hw, newline)
+            separators = separator.to(tokens.dtype).expand(tokens.shape[0], 1, -1)
+            parts = [begin, torch.cat([tokens, separators], dim=1).flatten(0, 1), end]
+        dtype = parts[1].dtype
+        return torch.cat([part.to(dtype) for part in parts])
 
 
 class OlaAudioProjector(nn.Module):
@@ -232,10 +241,9 @@ class OlaAudioProjector(nn.Module):
         usable = frames - frames % self.downsample_rate
         grouped = features[:, :usable].reshape(windows, usable // self.downsample_rate, dim * self.downsample_rate)
         tokens = self.linear2(self.act(self.linear1(grouped)))
-        s = self.separators
-        newline = s.newline.to(tokens.dtype).expand(windows, 1, -1)
-        tokens = torch.cat([tokens, newline], dim=1).flatten(0, 1)
-        return torch.cat([s.begin.to(tokens.dtype)[None], tokens, s.end.to(tokens.dtype)[None]])
+        newline, begin, end = self.separators().to(tokens.dtype)[:, None]
+        tokens = torch.cat([tokens, newline.expand(windows, 1, -1)], dim=1).flatten(0, 1)
+        return torch.cat([begin, tokens, end])
 
 
 # -------------------------------------------------------------------------------------------------------------- Ola
@@ -338,8 +346,7 @@ class OlaModel(OlaPreTrainedModel):
         high = high.split([h * w for h, w in high_grids])
         low = low.split([h * w for h, w in low_grids])
         return [
-            self.multi_modal_projector.forward_image(lo, lg, hi, hg)
-            for lo, lg, hi, hg in zip(low, low_grids, high, high_grids)
+            self.multi_modal_projector(hi, hg, lo, lg) for lo, lg, hi, hg in zip(low, low_grids, high, high_grids)
         ]
 
     def get_video_features(self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.Tensor, **kwargs):
@@ -349,7 +356,7 @@ class OlaModel(OlaPreTrainedModel):
         features = self.vision_tower(pixel_values_videos, frame_grids, **kwargs).last_hidden_state
         features = features.split([t * h * w for t, h, w in grids])
         return [
-            self.multi_modal_projector.forward_video(feats.reshape(t, h * w, -1), (h, w))
+            self.multi_modal_projector(feats.reshape(t, h * w, -1), (h, w))
             for feats, (t, h, w) in zip(features, grids)
         ]
 
@@ -456,6 +463,12 @@ class OlaForConditionalGeneration(OlaPreTrainedModel, GenerationMixin):
     """Ola with its language-modelling head; `generate` works with every modality."""
 
     _tied_weights_keys = {}
+    # module prefixes per part, for `vistok.modeling.lora.get_lora_target_modules`
+    _lora_parts = {
+        "llm": "model.language_model",
+        "vision": "model.vision_tower",
+        "projector": ("model.multi_modal_projector", "model.audio_projector"),
+    }
 
     def __init__(self, config: OlaConfig):
         super().__init__(config)
@@ -488,6 +501,15 @@ class OlaForConditionalGeneration(OlaPreTrainedModel, GenerationMixin):
         position_ids: torch.LongTensor | None = None,
         cache=None,
         inputs_embeds: torch.FloatTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_grid_hw: torch.LongTensor | None = None,
+        pixel_values_lowres: torch.FloatTensor | None = None,
+        image_grid_hw_lowres: torch.LongTensor | None = None,
+        pixel_values_videos: torch.FloatTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        input_features: torch.FloatTensor | None = None,
+        beats_features: torch.FloatTensor | None = None,
+        audio_chunks: torch.LongTensor | None = None,
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
@@ -504,6 +526,15 @@ class OlaForConditionalGeneration(OlaPreTrainedModel, GenerationMixin):
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
+            pixel_values=pixel_values,
+            image_grid_hw=image_grid_hw,
+            pixel_values_lowres=pixel_values_lowres,
+            image_grid_hw_lowres=image_grid_hw_lowres,
+            pixel_values_videos=pixel_values_videos,
+            video_grid_thw=video_grid_thw,
+            input_features=input_features,
+            beats_features=beats_features,
+            audio_chunks=audio_chunks,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state

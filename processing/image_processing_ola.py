@@ -32,6 +32,10 @@ def patchify(pixel_values: torch.Tensor, patch_size: int) -> tuple[torch.Tensor,
 
 
 def _to_pil(image) -> Image.Image:
+    if isinstance(image, str):
+        from transformers.image_utils import load_image
+
+        image = load_image(image)
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     array = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image)
@@ -42,6 +46,10 @@ def _to_pil(image) -> Image.Image:
     if array.dtype != np.uint8:
         array = np.clip(np.round(array * 255.0 if array.max() <= 1.0 else array), 0, 255).astype(np.uint8)
     return Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).convert("RGB")
+
+
+def _is_video(item) -> bool:
+    return isinstance(item, str) or (isinstance(item, (np.ndarray, torch.Tensor)) and np.ndim(item) == 4)
 
 
 def _scaled(image: Image.Image, scale: float, stride: int, keep_min: bool) -> Image.Image:
@@ -81,6 +89,8 @@ class OlaImageProcessor(BaseImageProcessor):
             pooling tiles the grid). lowres_size (`int`): side of the low-res view's target area.
         max_resolution / min_resolution (`int`): area bounds of the high-res view. pad_value (`int`): canvas gray.
         video_stride / video_max_resolution / video_min_resolution (`int`): the same for video frames.
+        video_num_frames (`int`): frames sampled uniformly from a video file (64 in the original; a shorter video
+            gives all its frames, where the original repeats frames).
         image_mean / image_std (`list[float]`): normalisation after scaling to [0, 1].
     """
 
@@ -97,6 +107,7 @@ class OlaImageProcessor(BaseImageProcessor):
         video_stride: int = 64,
         video_max_resolution: int = 480,
         video_min_resolution: int = 288,
+        video_num_frames: int = 64,
         image_mean: list[float] | None = None,
         image_std: list[float] | None = None,
         **kwargs,
@@ -111,6 +122,7 @@ class OlaImageProcessor(BaseImageProcessor):
         self.video_stride = video_stride
         self.video_max_resolution = video_max_resolution
         self.video_min_resolution = video_min_resolution
+        self.video_num_frames = video_num_frames
         self.image_mean = list(image_mean) if image_mean is not None else [0.5, 0.5, 0.5]
         self.image_std = list(image_std) if image_std is not None else [0.5, 0.5, 0.5]
 
@@ -140,8 +152,10 @@ class OlaImageProcessor(BaseImageProcessor):
 
     def preprocess(self, images, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
         """One image or a list of images (PIL, [H, W, 3] arrays or [3, H, W] tensors)."""
-        if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)) and np.ndim(images) != 4:
+        if isinstance(images, (Image.Image, np.ndarray, torch.Tensor, str)) and np.ndim(images) != 4:
             images = [images]
+        # one list per prompt (as pipelines pass them) -> one flat list in prompt order
+        images = [image for item in images for image in (item if isinstance(item, (list, tuple)) else [item])]
         high, low, high_grids, low_grids = [], [], [], []
         for image in images:
             highres, lowres = self.views(image)
@@ -162,13 +176,21 @@ class OlaImageProcessor(BaseImageProcessor):
         )
 
     def preprocess_videos(self, videos, return_tensors: str | None = "pt", **kwargs) -> BatchFeature:
-        """One video or a list of videos, each a list of frames or a [T, H, W, 3] array."""
-        if isinstance(videos, (np.ndarray, torch.Tensor)) and np.ndim(videos) == 4:
+        """One video or a list of videos, each a file path (decoded with PyAV, `video_num_frames` frames), a list of
+        frames or a [T, H, W, 3] array."""
+        if isinstance(videos, str) or (isinstance(videos, (np.ndarray, torch.Tensor)) and np.ndim(videos) == 4):
             videos = [videos]
         elif videos and isinstance(videos[0], Image.Image):
             videos = [videos]
+        # one list of videos per prompt (as pipelines pass them) -> one flat list in prompt order
+        videos = [
+            video for item in videos
+            for video in (item if isinstance(item, (list, tuple)) and item and _is_video(item[0]) else [item])
+        ]
         patches, grids = [], []
         for frames in videos:
+            if isinstance(frames, str):
+                frames = load_video(frames, self.video_num_frames)
             frames = [
                 resize_to_stride(
                     _to_pil(frame), self.video_stride, self.video_max_resolution, self.video_min_resolution,
@@ -189,14 +211,14 @@ class OlaImageProcessor(BaseImageProcessor):
 
 def load_video(path: str, num_frames: int = 64) -> list[Image.Image]:
     """Decodes a video with PyAV and returns `num_frames` frames sampled uniformly (as the original,
-    `np.linspace(0, total - 1, num_frames)` rounded down), as PIL images."""
+    `np.linspace(0, total - 1, num_frames)` rounded down; all frames when the video has fewer), as PIL images."""
     import av
 
     with av.open(str(path)) as container:
         frames = [frame.to_image() for frame in container.decode(video=0)]
     if not frames:
         raise ValueError(f"no video frames could be decoded from {path}.")
-    indices = np.linspace(0, len(frames) - 1, num_frames, dtype=int)
+    indices = np.linspace(0, len(frames) - 1, min(num_frames, len(frames)), dtype=int)
     return [frames[i] for i in indices]
 
 
