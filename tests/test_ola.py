@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoModelForMultimodalLM
 
 import vistok
+import vistok.conversion.convert_ola
 from vistok.conversion.__main__ import main as convert_main
 from vistok.processing.feature_extraction_ola import OlaFeatureExtractor, kaldi_fbank
 from vistok.processing.image_processing_ola import OlaImageProcessor, patchify
@@ -132,3 +133,189 @@ def test_image_views_match_original(parity_root):
         expected = _images(io)
         for key, value in expected.items():
             torch.testing.assert_close(out[key], value, atol=0, rtol=0)
+
+
+# -- tiny-model behaviour (the shared multimodal runners cover save/load, offload, dtypes, LoRA, image batching) ----
+from mm_testers.ola import OlaTester  # noqa: E402
+
+from vistok.conversion.utils import ConversionError  # noqa: E402
+from vistok.modeling.modeling_beats import relative_position_bucket  # noqa: E402
+from vistok.processing.streaming import SentenceStreamer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tester = OlaTester()
+    return tester, tester.make_model(), tester.get_processor()
+
+
+def _messages(*parts, question="Answer."):
+    return [{"role": "user", "content": [{"type": p} for p in parts] + [{"type": "text", "text": question}]}]
+
+
+def test_placeholders_filled_by_type_in_prompt_order(tiny):
+    """Audio before the image in the prompt: the audio features land on the audio placeholders (the original would
+    put the image features there)."""
+    tester, model, processor = tiny
+    prompt = processor.apply_chat_template(_messages("audio", "image", "image"), add_generation_prompt=True,
+                                           tokenize=False)
+    assert prompt.index("<speech>") < prompt.index("<image>")
+    images, audio = tester.make_images(2, seed=1), tester.make_audio(seed=1)
+    inputs = processor(text=prompt, images=images, audio=[audio], return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs, output_hidden_states=True)
+        image_features = model.get_image_features(
+            inputs["pixel_values"], inputs["image_grid_hw"], inputs["pixel_values_lowres"], inputs["image_grid_hw_lowres"]
+        )
+        audio_features = model.get_audio_features(inputs["input_features"], inputs["beats_features"], inputs["audio_chunks"])
+    embeds, ids = out.hidden_states[0][0], inputs["input_ids"][0]
+    audio_positions = (ids == model.config.audio_token_id).nonzero()[:, 0]
+    image_positions = (ids == model.config.image_token_id).nonzero()[:, 0]
+    assert audio_positions.max() < image_positions.min()
+    torch.testing.assert_close(embeds[audio_positions], audio_features[0])
+    torch.testing.assert_close(embeds[image_positions], torch.cat(image_features))
+    # hand count: 2 markers + 1 window * (1500 frames / 10 + newline)
+    assert len(audio_positions) == 2 + 151
+
+
+def test_batch_mixing_modalities_equals_items_one_by_one(tiny):
+    tester, model, processor = tiny
+    items = [
+        (("image",), {"images": tester.make_images(1, seed=2)}),
+        (("audio",), {"audio": [tester.make_audio(seed=2)]}),
+        (("video",), {"videos": [tester.make_video(num_frames=3, seed=2)]}),
+        (("image", "audio"), {"images": tester.make_images(1, seed=3), "audio": [tester.make_audio(seed=3)]}),
+        ((), {}),
+    ]
+    prompts = [processor.apply_chat_template(_messages(*parts, question="Describe it." * (i + 1)),
+                                             add_generation_prompt=True, tokenize=False)
+               for i, (parts, _) in enumerate(items)]
+    merged = {"images": [], "audio": [], "videos": []}
+    for _, media in items:
+        for key, values in media.items():
+            merged[key] += values
+    batch = processor(text=prompts, padding=True, padding_side="left", return_tensors="pt", **merged)
+    assert (batch["attention_mask"][:, 0] == 0).any()
+    with torch.no_grad():
+        batch_logits = model(**batch).logits
+        batch_generated = model.generate(**batch, max_new_tokens=3, do_sample=False)[:, batch["input_ids"].shape[1]:]
+    for i, (prompt, (_, media)) in enumerate(zip(prompts, items)):
+        single = processor(text=[prompt], return_tensors="pt", **media)
+        length = single["input_ids"].shape[1]
+        assert torch.equal(batch["input_ids"][i, -length:], single["input_ids"][0])
+        with torch.no_grad():
+            torch.testing.assert_close(batch_logits[i, -length:], model(**single).logits[0], atol=1e-4, rtol=1e-4)
+            generated = model.generate(**single, max_new_tokens=3, do_sample=False)[0, length:]
+        assert torch.equal(batch_generated[i], generated), i
+
+
+def test_any_to_any_pipeline_audio_and_image_in_text_out(tiny, tmp_path):
+    from transformers import pipeline
+
+    tester, model, processor = tiny
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    pipe = pipeline("any-to-any", model=str(tmp_path))
+    image, audio = tester.make_images(1, seed=4)[0], tester.make_audio(seed=4)
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "audio", "audio": audio},
+                                             {"type": "text", "text": "Answer."}]}]
+    out = pipe(text=messages, max_new_tokens=4, do_sample=False, return_full_text=False)
+    prompt = processor.apply_chat_template(_messages("image", "audio"), add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=prompt, images=[image], audio=[audio], return_tensors="pt")
+    with torch.no_grad():
+        sequences = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    expected = processor.decode(sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert out[0]["generated_text"] == expected
+
+
+def test_long_audio_is_encoded_in_full_30s_windows():
+    extractor = OlaFeatureExtractor(max_chunks=2)
+    rng = np.random.default_rng(0)
+    clip = rng.standard_normal(16000 * 70).astype(np.float32) * 0.1  # 70 s: windows 0-30, 30-60 (60-70 dropped)
+    short = rng.standard_normal(16000 * 5).astype(np.float32) * 0.1
+    out = extractor([clip, short], sampling_rate=16000)
+    assert out["audio_chunks"].tolist() == [2, 1]
+    assert out["input_features"].shape == (3, 128, 3000) and out["beats_features"].shape == (3, 2998, 128)
+    whisper = super(OlaFeatureExtractor, extractor).__call__
+    second = clip[480000:960000]
+    torch.testing.assert_close(out["input_features"][1], whisper([second], sampling_rate=16000, return_tensors="pt")
+                               ["input_features"][0])
+    padded_short = np.pad(short, (0, 480000 - len(short)))
+    expected = (kaldi_fbank(torch.from_numpy(padded_short) * 2**15) - 15.41663) / (2 * 6.55582)
+    torch.testing.assert_close(out["beats_features"][2], expected)
+    with pytest.raises(ValueError, match="16000"):
+        extractor(short, sampling_rate=8000)
+
+
+def test_video_frames_token_count_by_hand(tiny, tmp_path):
+    import av
+
+    tester, model, processor = tiny
+    frames = np.random.default_rng(5).integers(0, 256, (5, 100, 150, 3), dtype=np.uint8)
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264rgb", rate=1)
+        stream.height, stream.width, stream.pix_fmt = 100, 150, "rgb24"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    processor.image_processor.video_num_frames = 3
+    try:
+        inputs = processor(text=processor.apply_chat_template(_messages("video"), tokenize=False), videos=[str(path)])
+    finally:
+        processor.image_processor.video_num_frames = 64
+    # 100x150 frames, area above 64^2: scale sqrt(4096 / 15000) -> 32x64 px -> 2x4 patches -> 1 row of (2 + newline)
+    # + separator = 4 tokens per frame; 3 of the 5 frames sampled; begin + end
+    assert inputs["video_grid_thw"].tolist() == [[3, 2, 4]]
+    assert int((inputs["input_ids"] == model.config.video_token_id).sum()) == 2 + 3 * 4
+    with torch.no_grad():
+        assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+
+
+def test_relative_position_buckets_by_hand():
+    relative = torch.tensor([-900, -80, -79, -5, 0, 5, 79, 80, 799, 5000])
+    buckets = relative_position_bucket(relative, num_buckets=320, max_distance=800).tolist()
+    # 160 buckets per direction, exact below 80; at d >= 80: 80 + floor(log(d / 80) / log(10) * 80), capped at 159
+    assert buckets == [159, 80, 79, 5, 0, 165, 239, 240, 160 + 80 + int(math.log(799 / 80) / math.log(10) * 80), 319]
+
+
+def test_sentence_streamer_calls_back_per_sentence(tiny):
+    tester, model, processor = tiny
+    tokenizer = processor.tokenizer
+    sentences = []
+    streamer = SentenceStreamer(tokenizer, on_sentence=sentences.append, skip_prompt=False)
+    text = "Hello world. Is it 3.5 now? Yes! 好的。Then a tail"
+    for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        streamer.put(torch.tensor([token]))
+    # CJK text is flushed at once by TextStreamer, so its sentence is complete before the end
+    assert sentences == ["Hello world.", "Is it 3.5 now?", "Yes!", "好的。"]
+    streamer.end()
+    assert sentences == ["Hello world.", "Is it 3.5 now?", "Yes!", "好的。", "Then a tail"]
+
+    received = []
+    inputs = tester.example_inputs(processor, num_images=1)
+    streamer = SentenceStreamer(tokenizer, on_sentence=received.append, skip_prompt=True, skip_special_tokens=True)
+    with torch.no_grad():
+        sequences = model.generate(**inputs, max_new_tokens=8, do_sample=False, streamer=streamer)
+    generated = tokenizer.decode(sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "".join(received).replace(" ", "") == generated.replace(" ", "").replace("\n", "")
+
+
+def test_conversion_errors_name_the_problem(parity_root, tmp_path):
+    case_dir = _cases(parity_root)[0]
+    source = tmp_path / "release"
+    shutil.copytree(case_dir / "original", source)
+    beats_file = next((source / "pretrained").glob("BEATs*.pt"))
+    beats = torch.load(beats_file, weights_only=True)
+    beats["model"]["encoder.layers.1.self_attn.relative_attention_bias.weight"] = (
+        beats["model"]["encoder.layers.1.self_attn.relative_attention_bias.weight"] + 1
+    )
+    torch.save(beats, beats_file)
+    with pytest.raises(ConversionError, match="relative_attention_bias"):
+        vistok.conversion.convert_ola.convert(source)
+    beats_file.unlink()
+    with pytest.raises(ConversionError, match="BEATs"):
+        vistok.conversion.convert_ola.convert(source)
+    assert convert_main(["ola", str(source), str(tmp_path / "out")]) == 2
