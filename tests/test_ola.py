@@ -319,3 +319,59 @@ def test_conversion_errors_name_the_problem(parity_root, tmp_path):
     with pytest.raises(ConversionError, match="BEATs"):
         vistok.conversion.convert_ola.convert(source)
     assert convert_main(["ola", str(source), str(tmp_path / "out")]) == 2
+
+
+def test_release_with_tokenizer_gives_a_processor_and_shrinks_the_vocabulary(parity_root, tmp_path):
+    from mm_testers import make_tiny_tokenizer
+    from transformers import AutoProcessor
+
+    from vistok.conversion.convert_ola import _attach_tokenizer
+
+    case_dir = _cases(parity_root)[0]
+    source = tmp_path / "release"
+    shutil.copytree(case_dir / "original", source)
+    make_tiny_tokenizer().save_pretrained(source)  # 259 tokens
+    vocab = json.loads((source / "config.json").read_text())["vocab_size"]
+    assert convert_main(["ola", str(source), str(tmp_path / "out")]) == 0
+    processor = AutoProcessor.from_pretrained(tmp_path / "out")
+    model = AutoModelForMultimodalLM.from_pretrained(tmp_path / "out").eval()
+    # placeholders come right after the tokenizer's own tokens
+    assert (model.config.image_token_id, model.config.audio_token_id, model.config.video_token_id) == (259, 260, 261)
+    assert (processor.image_token_id, processor.audio_token_id) == (259, 260)
+    io = load_file(case_dir / "io.safetensors")
+    prompt = processor.apply_chat_template(_messages("image", "audio"), add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=prompt, images=[io["image_uint8"].numpy()], audio=[io["waveform"].numpy()])
+    assert int((inputs["input_ids"] == 260).sum()) == io["speech_tokens"].shape[0]
+    assert model.config.text_config.vocab_size == vocab  # the tokenizer is larger: nothing to cut
+    # the original loader's resize_token_embeddings(len(tokenizer)): a larger vocabulary is cut to the tokenizer
+    tester = OlaTester()
+    config = tester.get_config()
+    config.text_config.vocab_size = 400
+    big = vistok.OlaForConditionalGeneration(config)
+    rows = big.get_input_embeddings().weight[:259].clone()
+    _attach_tokenizer(big, make_tiny_tokenizer())
+    assert big.get_input_embeddings().weight.shape[0] == 259 and big.lm_head.weight.shape[0] == 259
+    assert big.config.text_config.vocab_size == 259
+    torch.testing.assert_close(big.get_input_embeddings().weight, rows)
+
+
+def test_sharded_release_layout_converts_the_same(parity_root, tmp_path):
+    """The hub release is `model-0000x-of-0000n.safetensors` + `model.safetensors.index.json`."""
+    from safetensors.torch import save_file
+
+    for case_dir in _cases(parity_root):
+        source = tmp_path / case_dir.name
+        shutil.copytree(case_dir / "original", source, ignore=shutil.ignore_patterns("model.safetensors"))
+        state = load_file(case_dir / "original" / "model.safetensors")
+        keys = sorted(state)
+        shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+        for name, shard_keys in shards.items():
+            save_file({k: state[k] for k in shard_keys}, source / name, metadata={"format": "pt"})
+        weight_map = {k: name for name, shard_keys in shards.items() for k in shard_keys}
+        (source / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        assert convert_main(["ola", str(source), str(tmp_path / f"{case_dir.name}-out")]) == 0
+        model = AutoModelForMultimodalLM.from_pretrained(tmp_path / f"{case_dir.name}-out")
+        reference = {k: v for k, v in load_file(case_dir / "original" / "model.safetensors").items()}
+        torch.testing.assert_close(model.lm_head.weight, reference["lm_head.weight"], atol=0, rtol=0)
+        qkv = reference["model.vision_tower.vision_tower.blocks.0.attn.qkv.weight"]
+        torch.testing.assert_close(model.model.vision_tower.layers[0].self_attn.k_proj.weight, qkv.chunk(3)[1])
