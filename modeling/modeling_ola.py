@@ -297,13 +297,10 @@ class OlaPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.text_config.initializer_range
+        # encoders and LLM: their own classes' schemes; linear layers of the projectors: the generic normal init
         if isinstance(module, OlaSeparators):
             for parameter in module.parameters(recurse=False):
                 init.normal_(parameter, std=parameter.shape[0] ** -0.5)
-        elif isinstance(module, (OlaLocalGlobalPooler, OlaMultiModalProjector, OlaAudioProjector)):
-            for child in module.children():
-                init_common_weights(child, std)
         else:
             super()._init_weights(module)
 
@@ -418,6 +415,12 @@ class OlaModel(OlaPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds.")
         image_features = video_features = audio_features = None
+        multimodal = (pixel_values, pixel_values_videos, input_features)
+        if inputs_embeds is not None and any(x is not None for x in multimodal):
+            raise ValueError(
+                "pass input_ids (with placeholder tokens) together with pixel values or audio features; with "
+                "inputs_embeds, insert the multimodal embeddings (get_image_features / get_audio_features) yourself."
+            )
         if inputs_embeds is None:
             ids = self.config.image_token_id, self.config.video_token_id, self.config.audio_token_id
             placeholders = torch.isin(input_ids, torch.tensor(ids, device=input_ids.device))
