@@ -18,6 +18,7 @@ from .modeling import OLA_VARIANTS, BeatsConfig, BeatsModel, OlaConfig, OlaForCo
 from .processing import FlexTokImageProcessor, FlexTokImageProcessorPil
 from .processing import MAETokImageProcessor, MAETokImageProcessorPil
 from .processing import OlaFeatureExtractor, OlaImageProcessor, OlaProcessor
+from .processing.streaming import SentenceStreamer
 from .processing import ImageTokenizationPipeline, TiTokImageProcessor, TiTokImageProcessorPil
 
 
@@ -33,6 +34,7 @@ __all__ = [
     "OlaFeatureExtractor",
     "OlaImageProcessor",
     "OlaProcessor",
+    "SentenceStreamer",
     "FLEXTOK_VAE_VARIANTS",
     "FLEXTOK_VARIANTS",
     "FlexTokConfig",

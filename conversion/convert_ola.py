@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from transformers import Qwen2Config, WhisperConfig
+from transformers.initialization import no_init_weights
 
 from ..modeling.configuration_ola import ORYX_VIT_PRESETS, BeatsConfig, OlaConfig, OryxViTConfig
 from ..modeling.modeling_ola import OlaForConditionalGeneration
@@ -291,7 +292,9 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         raise ConversionError("expected an openai-whisper file {dims, model_state_dict} and a BEATs file {cfg, model}.")
 
     config = build_config(original, _shapes(shards), whisper["dims"], beats["cfg"], presets)
-    model = OlaForConditionalGeneration(config).eval()
+    # every parameter is overwritten below (strictly checked), so skip the random init (minutes for 9B weights)
+    with no_init_weights():
+        model = OlaForConditionalGeneration(config).eval()
     filler = _Filler(model)
     with torch.no_grad():
         for shard in shards:
