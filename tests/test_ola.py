@@ -45,32 +45,75 @@ def converted(parity_root, tmp_path_factory):
     return out
 
 
-def _images(io):
-    """Packed patches of the fixture's preprocessed views ([B, 1, 3, H, W] each)."""
-    packed = {}
-    for view, suffix in (("highres", ""), ("lowres", "_lowres")):
-        patches, grids = zip(*(patchify(image[0], 16) for image in io[f"pixel_values_{view}"]))
-        packed[f"pixel_values{suffix}"] = torch.cat(patches)
-        packed[f"image_grid_hw{suffix}"] = torch.tensor(grids)
-    return packed
+def _image_items(io):
+    """Per image: (high-res patches, grid, low-res patches, grid) from the fixture's views ([B, 1, 3, H, W] each)."""
+    items = []
+    for high, low in zip(io["pixel_values_highres"], io["pixel_values_lowres"]):
+        items.append((*patchify(high[0], 16), *patchify(low[0], 16)))
+    return items
 
 
-def _expand(input_ids, config, counts):
-    """Original placeholder ids (-300 image, -200 speech; one per item) -> our runs of placeholder tokens. The
-    original fills all images first, then speech, in order; ``counts`` gives each item's token count."""
-    rows = []
-    for row in input_ids.tolist():
-        image_counts, audio_counts = list(counts["image"]), list(counts["audio"])
-        new = []
-        for token in row:
-            if token == IMAGE_PLACEHOLDER:
-                new += [config.image_token_id] * image_counts.pop(0)
-            elif token == SPEECH_PLACEHOLDER:
-                new += [config.audio_token_id] * audio_counts.pop(0)
+def _pack_images(items):
+    if not items:
+        return {}
+    high, high_grid, low, low_grid = zip(*items)
+    return {"pixel_values": torch.cat(high), "image_grid_hw": torch.tensor(high_grid),
+            "pixel_values_lowres": torch.cat(low), "image_grid_hw_lowres": torch.tensor(low_grid)}
+
+
+def _audio_items(io):
+    """Per clip: (Whisper mel [n, 128, 3000] from the fixture, BEATs filterbank [n, frames, 128] from the raw audio)."""
+    mel = io["mel_features"].transpose(1, 2)
+    chunks = io["speech_chunks"].tolist() if "speech_chunks" in io else [mel.shape[0]]
+    waveforms = [io["waveform"]] if io["waveform"].ndim == 1 else list(io["waveform"])
+    extractor = OlaFeatureExtractor(feature_size=mel.shape[1])
+    beats = [extractor([w.numpy()], sampling_rate=16000)["beats_features"] for w in waveforms]
+    return [(m, b) for m, b in zip(mel.split(chunks), beats)]
+
+
+def _pack_audio(items):
+    if not items:
+        return {}
+    return {"input_features": torch.cat([m for m, _ in items]), "beats_features": torch.cat([b for _, b in items]),
+            "audio_chunks": torch.tensor([m.shape[0] for m, _ in items])}
+
+
+def _original_layout(io, config, image_counts, audio_counts):
+    """The fixture's prompt as the original fills it, written with our placeholder runs.
+
+    The original drops padding (attention mask), then gives the k-th placeholder of a row (whatever its id, -300 image
+    or -200 speech) an image if k < the row's number of -300 placeholders, else a speech clip; items are consumed in
+    order over the batch, and a row without -300 (-200) placeholders skips one image (clip). Returns the
+    right-padded ids, their attention mask, and the images and clips used, in order."""
+    input_ids = io["input_ids"]
+    mask = io["attention_mask"].bool() if "attention_mask" in io else torch.ones_like(input_ids, dtype=torch.bool)
+    rows, used_images, used_clips = [], [], []
+    next_image = next_clip = 0
+    for ids, keep in zip(input_ids, mask):
+        ids = ids[keep].tolist()
+        num_images = sum(t == IMAGE_PLACEHOLDER for t in ids)
+        num_speech = sum(t == SPEECH_PLACEHOLDER for t in ids)
+        row, k = [], 0
+        for token in ids:
+            if token not in (IMAGE_PLACEHOLDER, SPEECH_PLACEHOLDER):
+                row.append(token)
+                continue
+            if k < num_images:
+                row += [config.image_token_id] * image_counts[next_image]
+                used_images.append(next_image)
+                next_image += 1
             else:
-                new.append(token)
-        rows.append(new)
-    return torch.tensor(rows)
+                row += [config.audio_token_id] * audio_counts[next_clip]
+                used_clips.append(next_clip)
+                next_clip += 1
+            k += 1
+        next_image += num_images == 0
+        next_clip += num_speech == 0
+        rows.append(row)
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    attention = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return ids, attention, used_images, used_clips
 
 
 def test_parity(converted):
@@ -80,11 +123,11 @@ def test_parity(converted):
         assert isinstance(model, vistok.OlaForConditionalGeneration) and not any(info.values()), (name, info)
         assert type(AutoModelForMultimodalLM.from_pretrained(dest)) is vistok.OlaForConditionalGeneration
         model.eval()
-        images = _images(io)
-        waveform = io["waveform"].numpy()
-        audio = OlaFeatureExtractor(feature_size=io["mel_features"].shape[-1])(waveform, sampling_rate=16000)
-        mel = io["mel_features"].transpose(1, 2)
-        torch.testing.assert_close(audio["input_features"], mel, atol=ATOL, rtol=RTOL)
+        image_items, audio_items = _image_items(io), _audio_items(io)
+        images, audio = _pack_images(image_items), _pack_audio(audio_items)
+        waveform = io["waveform"].reshape(-1).numpy() if io["waveform"].ndim == 1 else io["waveform"][0].numpy()
+        extracted = OlaFeatureExtractor(feature_size=io["mel_features"].shape[-1])(waveform, sampling_rate=16000)
+        torch.testing.assert_close(extracted["input_features"], audio_items[0][0], atol=ATOL, rtol=RTOL)
         with torch.no_grad():
             vision = model.model.vision_tower
             for view, suffix in (("highres", ""), ("lowres", "_lowres")):
@@ -92,21 +135,30 @@ def test_parity(converted):
                 expected = io[f"vision_features_{view}"]
                 torch.testing.assert_close(features, expected.reshape(-1, expected.shape[-1]), atol=ATOL, rtol=RTOL)
             image_tokens = model.get_image_features(**images)
-            torch.testing.assert_close(torch.cat(image_tokens), io["image_tokens"], atol=ATOL, rtol=RTOL)
-            whisper = model.model.audio_tower(mel).last_hidden_state
+            expected = io["image_tokens"]
+            torch.testing.assert_close(torch.cat(image_tokens), expected.reshape(-1, expected.shape[-1]),
+                                       atol=ATOL, rtol=RTOL)
+            whisper = model.model.audio_tower(audio["input_features"]).last_hidden_state
             torch.testing.assert_close(whisper, io["whisper_features"], atol=ATOL, rtol=RTOL)
             beats = model.model.beats_tower(audio["beats_features"]).last_hidden_state
             torch.testing.assert_close(beats, io["beats_features"], atol=ATOL, rtol=RTOL)
-            speech = model.get_audio_features(mel, audio["beats_features"], audio["audio_chunks"])
-            torch.testing.assert_close(torch.cat(speech), io["speech_tokens"], atol=ATOL, rtol=RTOL)
-            counts = {"image": [len(t) for t in image_tokens], "audio": [len(t) for t in speech]}
-            input_ids = _expand(io["input_ids"], model.config, counts)
+            speech = model.get_audio_features(**audio)
+            expected = io["speech_tokens"]
+            torch.testing.assert_close(torch.cat(speech), expected.reshape(-1, expected.shape[-1]), atol=ATOL, rtol=RTOL)
+            input_ids, attention_mask, used_images, used_clips = _original_layout(
+                io, model.config, [len(t) for t in image_tokens], [len(t) for t in speech]
+            )
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                      **_pack_images([image_items[i] for i in used_images]),
+                      **_pack_audio([audio_items[i] for i in used_clips])}
+            original = json.loads((case_dir / "original" / "config.json").read_text())
+            left = original.get("tokenizer_padding_side", "right") == "left"
             for implementation in ("sdpa", "eager"):
                 model.set_attn_implementation(implementation)
-                logits = model(
-                    input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **images, **audio
-                ).logits
-                torch.testing.assert_close(logits, io["logits"], atol=ATOL, rtol=RTOL)
+                logits = model(**inputs).logits
+                for row, length in enumerate(attention_mask.sum(1).tolist()):
+                    expected = io["logits"][row, -length:] if left else io["logits"][row, :length]
+                    torch.testing.assert_close(logits[row, :length], expected, atol=ATOL, rtol=RTOL)
 
 
 def test_beats_fbank_matches_kaldi(parity_root):
@@ -130,7 +182,7 @@ def test_image_views_match_original(parity_root):
             if OlaImageProcessor(lowres_size=s).views(io["image_uint8"].numpy())[1].size == (low_w, low_h)
         )
         out = OlaImageProcessor(lowres_size=lowres_size)(images=io["image_uint8"].numpy())
-        expected = _images(io)
+        expected = _pack_images(_image_items(io))
         for key, value in expected.items():
             torch.testing.assert_close(out[key], value, atol=0, rtol=0)
 
