@@ -234,3 +234,102 @@ def verify_saved_model(dest: Path, model_class: type) -> None:
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         raise ConversionError(f"the written model does not reload cleanly: {problems}")
+
+
+# -- large (sharded) checkpoints -------------------------------------------------------------------------------------
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def checkpoint_files(source: str | Path) -> list[Path]:
+    """The weight files of a release: the shards listed by ``model.safetensors.index.json`` (or the ``.bin`` index),
+    else the single checkpoint file of the folder (see ``find_checkpoint_file``)."""
+    source = Path(source)
+    for name in INDEX_FILES if source.is_dir() else ():
+        if (source / name).is_file():
+            weight_map = json.loads((source / name).read_text(encoding="utf-8")).get("weight_map", {})
+            files = sorted({source / shard for shard in weight_map.values()})
+            missing = [f.name for f in files if not f.is_file()]
+            if not files or missing:
+                raise ConversionError(f"{source / name} lists shards that are absent: {missing or 'none listed'}.")
+            return files
+    return [find_checkpoint_file(source, preferred=("model.safetensors", "pytorch_model.bin"))]
+
+
+def read_checkpoint_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{key: (shape, dtype)}`` of every tensor in ``files`` without reading the data (safetensors headers; ``.bin``
+    files are memory-mapped)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    tensor_slice = handle.get_slice(key)
+                    dtype = getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
+                                            "I64": "int64", "I32": "int32", "BOOL": "bool"}.get(tensor_slice.get_dtype(),
+                                                                                                 "float32"))
+                    shapes[key] = (tuple(tensor_slice.get_shape()), dtype)
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            shapes.update({key: (tuple(t.shape), t.dtype) for key, t in state.items()})
+    return shapes
+
+
+def count_layers(keys, prefix: str) -> int:
+    """Number of ``<prefix>.<i>.`` blocks among ``keys`` (``prefix`` without the trailing dot); checks they are
+    numbered 0..n-1."""
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    indices = {int(m.group(1)) for key in keys if (m := pattern.match(key))}
+    if indices and indices != set(range(len(indices))):
+        raise ConversionError(f"layers under {prefix} are not numbered 0..n-1: {sorted(indices)}")
+    return len(indices)
+
+
+def build_empty_model(model_class: type, config) -> torch.nn.Module:
+    """``model_class(config)`` without initialising the weights: parameters are allocated but not written (so not
+    resident in memory) until ``load_shards_into_model`` replaces them; buffers computed in ``__init__`` are real."""
+    from transformers.initialization import no_init_weights, no_tie_weights
+
+    with no_init_weights(), no_tie_weights():
+        return model_class(config)
+
+
+def load_shards_into_model(model: torch.nn.Module, files: list[Path], convert_shard) -> None:
+    """Fills ``model`` one checkpoint file at a time, so a sharded release never has two full copies in memory.
+
+    ``convert_shard(state_dict) -> (converted, unmapped, dropped)`` maps one shard's tensors to ``model``'s names (see
+    ``rename_state_dict``). Converted tensors are assigned as the model's parameters (no copy; their dtype is kept).
+    At the end the accounting is strict like ``load_into_model``: every source tensor mapped or dropped on purpose,
+    every model tensor filled once with the right shape; tied weights (``all_tied_weights_keys``) are then tied."""
+    target = model.state_dict()
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    filled, unmapped, unexpected, mismatched = set(), [], [], []
+    for path in tqdm(files, desc="converting shards", disable=len(files) < 2):
+        converted, shard_unmapped, _ = convert_shard(load_checkpoint(path))
+        unmapped.extend(shard_unmapped)
+        for key, tensor in converted.items():
+            if key not in target or key in tied:
+                unexpected.append(key)
+            elif tuple(tensor.shape) != tuple(target[key].shape):
+                mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(target[key].shape)}")
+            elif key in filled:
+                raise ConversionError(f"two source tensors map to {key!r}.")
+        usable = {k: v for k, v in converted.items()
+                  if k in target and k not in tied and tuple(v.shape) == tuple(target[k].shape)}
+        model.load_state_dict(usable, strict=False, assign=True)
+        filled.update(converted)
+        del converted
+    missing = sorted(set(target) - tied - filled)
+    problems = []
+    if unmapped:
+        problems.append(f"source tensors with no mapping: {sorted(unmapped)}")
+    if unexpected:
+        problems.append(f"converted tensors the model does not have: {sorted(unexpected)}")
+    if missing:
+        problems.append(f"model tensors missing from the checkpoint: {missing}")
+    if mismatched:
+        problems.append(f"shape mismatches: {mismatched}")
+    if problems:
+        raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+    model.tie_weights()
