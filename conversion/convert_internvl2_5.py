@@ -25,6 +25,7 @@ from .utils import (
     count_layers,
     load_config_file,
     load_presets,
+    llm_config_fields,
     load_shards_into_model,
     logger,
     read_checkpoint_shapes,
@@ -77,9 +78,6 @@ INTERNLM2_MAPPING = [
     (_L + r"ffn_norm\.weight",                                    _M + r"post_attention_layernorm.weight"),
 ]
 # fmt: on
-# text-config fields carried over from the original llm_config (sizes are re-read from shapes)
-TEXT_CONFIG_FIELDS = ("hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id",
-                      "pad_token_id", "use_sliding_window", "sliding_window", "max_window_layers", "attention_dropout")
 
 
 def _shape(shapes: dict, key: str) -> tuple[int, ...]:
@@ -147,15 +145,10 @@ def text_config(original: dict, shapes: dict, family: str) -> dict:
         extra = {"attention_bias": bool(llm.get("bias", False)), "mlp_bias": False, "head_dim": head_dim}
     if llm.get("num_key_value_heads", kv_heads) != kv_heads:
         raise ConversionError(f"llm_config says {llm['num_key_value_heads']} KV heads, the weights have {kv_heads}.")
-    rope = {"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 10000.0))}
-    scaling = llm.get("rope_scaling")
-    if scaling:
-        rope |= {k: v for k, v in scaling.items() if k != "type"} | {"rope_type": scaling.get("rope_type", scaling.get("type"))}
-    config = {k: llm[k] for k in TEXT_CONFIG_FIELDS if k in llm}
-    return config | extra | {
+    return llm_config_fields(llm) | extra | {
         "model_type": "llama" if family == "internlm2" else "qwen2", "vocab_size": vocab, "hidden_size": hidden,
         "intermediate_size": intermediate, "num_hidden_layers": layers, "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads, "rope_parameters": rope, "tie_word_embeddings": False,
+        "num_key_value_heads": kv_heads, "tie_word_embeddings": False,
     }
 
 

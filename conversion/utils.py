@@ -152,6 +152,21 @@ def rename_state_dict(
     return renamed, unmapped, dropped_keys
 
 
+def raise_if_mismatched(unmapped, unexpected, missing, mismatched) -> None:
+    """Raises a ``ConversionError`` naming every problem of a strict load (keys or ``"key: shapes"`` strings)."""
+    problems = []
+    if unmapped:
+        problems.append(f"source tensors with no mapping: {sorted(unmapped)}")
+    if unexpected:
+        problems.append(f"converted tensors the model does not have: {sorted(unexpected)}")
+    if missing:
+        problems.append(f"model tensors missing from the checkpoint: {sorted(missing)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {mismatched}")
+    if problems:
+        raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+
+
 def load_into_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], unmapped: list[str] = ()) -> None:
     """Strictly loads ``state_dict`` into ``model``: every target tensor must be filled with a tensor of the right
     shape and every source key used, otherwise a ``ConversionError`` names the offending keys."""
@@ -163,17 +178,7 @@ def load_into_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
         for k in sorted(set(target) & set(state_dict))
         if tuple(state_dict[k].shape) != tuple(target[k].shape)
     ]
-    problems = []
-    if unmapped:
-        problems.append(f"source tensors with no mapping: {sorted(unmapped)}")
-    if unexpected:
-        problems.append(f"converted tensors the model does not have: {unexpected}")
-    if missing:
-        problems.append(f"model tensors missing from the checkpoint: {missing}")
-    if mismatched:
-        problems.append(f"shape mismatches: {mismatched}")
-    if problems:
-        raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+    raise_if_mismatched(unmapped, unexpected, missing, mismatched)
     for key in tqdm(list(target), desc="copying tensors", disable=len(target) < 200, leave=False):
         target[key].copy_(state_dict[key].to(target[key].dtype))
 
@@ -321,15 +326,21 @@ def load_shards_into_model(model: torch.nn.Module, files: list[Path], convert_sh
         filled.update(converted)
         del converted
     missing = sorted(set(target) - tied - filled)
-    problems = []
-    if unmapped:
-        problems.append(f"source tensors with no mapping: {sorted(unmapped)}")
-    if unexpected:
-        problems.append(f"converted tensors the model does not have: {sorted(unexpected)}")
-    if missing:
-        problems.append(f"model tensors missing from the checkpoint: {missing}")
-    if mismatched:
-        problems.append(f"shape mismatches: {mismatched}")
-    if problems:
-        raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+    raise_if_mismatched(unmapped, unexpected, missing, mismatched)
     model.tie_weights()
+
+
+# fields of an original (v4) LLM config that carry over unchanged into a transformers 5 text config
+LLM_CONFIG_FIELDS = ("hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id",
+                     "pad_token_id", "use_sliding_window", "sliding_window", "max_window_layers", "attention_dropout")
+
+
+def llm_config_fields(llm: dict) -> dict:
+    """The ``LLM_CONFIG_FIELDS`` present in ``llm`` plus ``rope_parameters`` built from the v4 ``rope_theta`` /
+    ``rope_scaling`` keys (``{"type": "dynamic", "factor": 2.0}`` -> ``rope_type: dynamic``). Sizes are not copied:
+    converters read them from the weights."""
+    rope = {"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 10000.0))}
+    scaling = llm.get("rope_scaling")
+    if scaling:
+        rope |= {k: v for k, v in scaling.items() if k != "type"} | {"rope_type": scaling.get("rope_type", scaling.get("type"))}
+    return {k: llm[k] for k in LLM_CONFIG_FIELDS if k in llm} | {"rope_parameters": rope}
