@@ -20,16 +20,18 @@ from transformers.utils import is_torchvision_available
 from .utils import (
     ConversionError,
     ConversionResult,
+    attach_special_tokens,
     build_empty_model,
     checkpoint_files,
     count_layers,
+    llm_config_fields,
     load_config_file,
     load_presets,
-    llm_config_fields,
     load_shards_into_model,
     logger,
     read_checkpoint_shapes,
     rename_state_dict,
+    require_shape,
 )
 
 
@@ -81,9 +83,7 @@ INTERNLM2_MAPPING = [
 
 
 def _shape(shapes: dict, key: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise ConversionError(f"the checkpoint has no {key!r}; is this an InternVL2.5 (internvl_chat) release?")
-    return shapes[key][0]
+    return require_shape(shapes, key, "InternVL2.5 (internvl_chat)")
 
 
 def _llm_family(original: dict, shapes: dict) -> str:
@@ -204,15 +204,9 @@ def find_tokenizer(source: Path):
     else:
         tokenizer = AutoTokenizer.from_pretrained(source)
     missing = [token for token in IMAGE_SPECIAL_TOKENS.values() if token not in tokenizer.get_vocab()]
-    if missing and missing != ["<video>"]:
+    if missing and missing != ["<video>"]:  # <video> is only a prompt placeholder; the processor replaces it
         raise ConversionError(f"the tokenizer in {source} lacks InternVL's special tokens {missing}.")
-    if "<video>" in missing:
-        tokenizer.add_tokens(["<video>"], special_tokens=True)
-    tokenizer.extra_special_tokens = IMAGE_SPECIAL_TOKENS
-    tokenizer.init_kwargs["extra_special_tokens"] = IMAGE_SPECIAL_TOKENS
-    for name, token in IMAGE_SPECIAL_TOKENS.items():
-        setattr(tokenizer, name, token)
-        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+    attach_special_tokens(tokenizer, IMAGE_SPECIAL_TOKENS)
     return tokenizer
 
 

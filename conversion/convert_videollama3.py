@@ -21,16 +21,18 @@ from transformers.utils import is_torchvision_available
 from .utils import (
     ConversionError,
     ConversionResult,
+    attach_special_tokens,
     build_empty_model,
     checkpoint_files,
     count_layers,
+    llm_config_fields,
     load_config_file,
     load_presets,
-    llm_config_fields,
     load_shards_into_model,
     logger,
     read_checkpoint_shapes,
     rename_state_dict,
+    require_shape,
 )
 
 
@@ -48,9 +50,7 @@ VISION_DEFAULTS = {"hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6, "a
 
 
 def _shape(shapes: dict, key: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise ConversionError(f"the checkpoint has no {key!r}; is this a VideoLLaMA3 (hub format) release?")
-    return shapes[key][0]
+    return require_shape(shapes, key, "VideoLLaMA3 (hub format)")
 
 
 def vision_config(original: dict, shapes: dict) -> dict:
@@ -101,14 +101,7 @@ def find_tokenizer(folder: Path):
     vocab = tokenizer.get_vocab()
     if "<image>" not in vocab:
         raise ConversionError(f"the tokenizer in {folder} has no <image> token.")
-    if "<|video_pad|>" not in vocab:
-        tokenizer.add_tokens(["<|video_pad|>"], special_tokens=True)
-    tokens = {"image_token": "<image>", "video_token": "<|video_pad|>"}
-    tokenizer.extra_special_tokens = tokens
-    tokenizer.init_kwargs["extra_special_tokens"] = tokens
-    for name, token in tokens.items():
-        setattr(tokenizer, name, token)
-        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+    attach_special_tokens(tokenizer, {"image_token": "<image>", "video_token": "<|video_pad|>"})
     return tokenizer
 
 

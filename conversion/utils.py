@@ -344,3 +344,24 @@ def llm_config_fields(llm: dict) -> dict:
     if scaling:
         rope |= {k: v for k, v in scaling.items() if k != "type"} | {"rope_type": scaling.get("rope_type", scaling.get("type"))}
     return {k: llm[k] for k in LLM_CONFIG_FIELDS if k in llm} | {"rope_parameters": rope}
+
+
+def require_shape(shapes: dict, key: str, release: str) -> tuple[int, ...]:
+    """Shape of ``key`` from ``read_checkpoint_shapes`` output; a ``ConversionError`` naming ``release`` if absent."""
+    if key not in shapes:
+        raise ConversionError(f"the checkpoint has no {key!r}; is this a {release} release?")
+    return shapes[key][0]
+
+
+def attach_special_tokens(tokenizer, tokens: dict[str, str]) -> None:
+    """Makes ``tokens`` (``{"image_token": "<image>", ...}``) named attributes of ``tokenizer`` (``image_token`` /
+    ``image_token_id``) that survive ``save_pretrained``, as transformers' multimodal processors expect; tokens not in
+    the vocabulary are added as special tokens."""
+    missing = [token for token in tokens.values() if token not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    tokenizer.extra_special_tokens = dict(tokens)
+    tokenizer.init_kwargs["extra_special_tokens"] = dict(tokens)
+    for name, token in tokens.items():
+        setattr(tokenizer, name, token)
+        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
