@@ -4,6 +4,7 @@ An architecture's converter (``convert_<arch>.py``) exposes ``convert(source, co
 ConversionResult``; ``vistok-convert`` (``__main__.py``) does the rest through ``save_conversion``.
 """
 
+import gc
 import json
 import logging
 import re
@@ -193,8 +194,9 @@ def save_conversion(
 ) -> Path:
     """Writes the converted model (safetensors) and its processors to ``dest``; optionally pushes them to the Hub.
 
-    Refuses a non-empty ``dest`` unless ``force``. With ``verify``, reloads ``dest`` through the Auto classes and
-    fails if any weight is missing or unused."""
+    Refuses a non-empty ``dest`` unless ``force``. ``result.model`` is released once written. With ``verify``,
+    reloads ``dest`` through the Auto classes and fails if any weight is missing or unused; only then is the folder
+    uploaded (one commit with exactly the files written)."""
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise ConversionError(f"destination {dest} exists and is not a directory.")
@@ -218,13 +220,19 @@ def save_conversion(
     model.save_pretrained(dest, safe_serialization=True)
     for processor in result.processors:
         processor.save_pretrained(dest)
+    model_class = type(model)
+    # release the converted weights first, so the reload below never holds a second copy of an LLM-sized model
+    result.model = model = None
+    gc.collect()
     if verify:
-        verify_saved_model(dest, type(model))
+        verify_saved_model(dest, model_class)
     if push_to_hub:
+        from huggingface_hub import HfApi
+
         logger.info("pushing %s to the Hub repo %s", dest, push_to_hub)
-        model.push_to_hub(push_to_hub)
-        for processor in result.processors:
-            processor.push_to_hub(push_to_hub)
+        api = HfApi()
+        api.create_repo(push_to_hub, exist_ok=True)
+        api.upload_folder(repo_id=push_to_hub, folder_path=dest, commit_message="Upload converted model (vistok-convert)")
     return dest
 
 
