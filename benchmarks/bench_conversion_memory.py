@@ -9,7 +9,6 @@ size. Converting shard by shard peaks at about one copy of the weights above the
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -112,9 +111,9 @@ def main() -> None:
     converted = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     peak = int(converted.stdout.split("PEAK")[-1].split()[0])  # Linux reports ru_maxrss in KiB
-    baseline = subprocess.run([sys.executable, "-c", "import vistok, transformers, torch, resource; "
-                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"],
-                              check=True, capture_output=True, text=True)
+    baseline_script = ("import vistok, transformers, torch, resource; "
+                       "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
+    baseline = subprocess.run([sys.executable, "-c", baseline_script], check=True, capture_output=True, text=True)
     base = int(baseline.stdout.split()[-1])
     result = {"checkpoint_bytes": size, "shards": args.shards, "peak_rss_bytes": peak,
               "interpreter_baseline_bytes": base, "seconds": round(seconds, 1),

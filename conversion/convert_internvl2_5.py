@@ -20,13 +20,13 @@ from transformers.utils import is_torchvision_available
 from .utils import (
     ConversionError,
     ConversionResult,
-    attach_special_tokens,
     build_empty_model,
     checkpoint_files,
     count_layers,
     llm_config_fields,
     load_config_file,
     load_presets,
+    load_release_tokenizer,
     load_shards_into_model,
     logger,
     read_checkpoint_shapes,
@@ -189,24 +189,19 @@ def shard_converter(family: str, text: dict):
     return convert_shard
 
 
-def find_tokenizer(source: Path):
-    """The source's tokenizer (if it has tokenizer files) with InternVL's image tokens as named attributes, else None.
+def find_tokenizer(folder: Path):
+    """The release's tokenizer (None without tokenizer files) with InternVL's image tokens as named special tokens.
+    InternLM2.5-based releases ship a remote-code ``InternLM2Tokenizer``; its sentencepiece model is read as a Llama
+    tokenizer instead."""
+    from transformers import LlamaTokenizer
 
-    Qwen2.5-based releases load with ``AutoTokenizer``; InternLM2.5-based ones use remote code
-    (``InternLM2Tokenizer``), whose sentencepiece model is read as a Llama tokenizer instead."""
-    if not source.is_dir() or not any((source / n).is_file() for n in ("tokenizer.json", "vocab.json", "tokenizer.model")):
-        return None
-    from transformers import AutoTokenizer, LlamaTokenizer
-
-    tokenizer_config = load_config_file(source / "tokenizer_config.json") if (source / "tokenizer_config.json").is_file() else {}
-    if tokenizer_config.get("tokenizer_class", "").startswith("InternLM2"):
-        tokenizer = LlamaTokenizer.from_pretrained(source, add_bos_token=True, legacy=False)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    missing = [token for token in IMAGE_SPECIAL_TOKENS.values() if token not in tokenizer.get_vocab()]
-    if missing and missing != ["<video>"]:  # <video> is only a prompt placeholder; the processor replaces it
-        raise ConversionError(f"the tokenizer in {source} lacks InternVL's special tokens {missing}.")
-    attach_special_tokens(tokenizer, IMAGE_SPECIAL_TOKENS)
+    tokenizer = load_release_tokenizer(folder, IMAGE_SPECIAL_TOKENS, {"InternLM2Tokenizer": LlamaTokenizer,
+                                                                       "InternLM2TokenizerFast": LlamaTokenizer})
+    if tokenizer is not None:
+        vocab = tokenizer.get_vocab()
+        missing = [t for t in IMAGE_SPECIAL_TOKENS.values() if t != "<video>" and t not in vocab]
+        if missing:
+            raise ConversionError(f"the tokenizer in {folder} lacks InternVL's special tokens {missing}.")
     return tokenizer
 
 

@@ -21,13 +21,13 @@ from transformers.utils import is_torchvision_available
 from .utils import (
     ConversionError,
     ConversionResult,
-    attach_special_tokens,
     build_empty_model,
     checkpoint_files,
     count_layers,
     llm_config_fields,
     load_config_file,
     load_presets,
+    load_release_tokenizer,
     load_shards_into_model,
     logger,
     read_checkpoint_shapes,
@@ -92,16 +92,11 @@ def text_config(original: dict, shapes: dict) -> dict:
 
 
 def find_tokenizer(folder: Path):
-    """The source's tokenizer with ``<image>`` as image token and ``<|video_pad|>`` as video token, else None."""
-    if not any((folder / n).is_file() for n in ("tokenizer.json", "vocab.json")):
-        return None
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    vocab = tokenizer.get_vocab()
-    if "<image>" not in vocab:
+    """The release's tokenizer (None without tokenizer files), with ``<image>`` as image token and ``<|video_pad|>``
+    as video token."""
+    tokenizer = load_release_tokenizer(folder, {"image_token": "<image>", "video_token": "<|video_pad|>"})
+    if tokenizer is not None and "<image>" not in tokenizer.get_vocab():
         raise ConversionError(f"the tokenizer in {folder} has no <image> token.")
-    attach_special_tokens(tokenizer, {"image_token": "<image>", "video_token": "<|video_pad|>"})
     return tokenizer
 
 

@@ -361,15 +361,24 @@ def require_shape(shapes: dict, key: str, release: str) -> tuple[int, ...]:
     return shapes[key][0]
 
 
-def attach_special_tokens(tokenizer, tokens: dict[str, str]) -> None:
-    """Makes ``tokens`` (``{"image_token": "<image>", ...}``) named attributes of ``tokenizer`` (``image_token`` /
-    ``image_token_id``) that survive ``save_pretrained``, as transformers' multimodal processors expect; tokens not in
-    the vocabulary are added as special tokens."""
-    missing = [token for token in tokens.values() if token not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=True)
-    tokenizer.extra_special_tokens = dict(tokens)
-    tokenizer.init_kwargs["extra_special_tokens"] = dict(tokens)
-    for name, token in tokens.items():
-        setattr(tokenizer, name, token)
-        setattr(tokenizer, f"{name}_id", tokenizer.convert_tokens_to_ids(token))
+def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], class_overrides: dict | None = None):
+    """The tokenizer of an original release, loaded without its remote code, with ``named_tokens``
+    (``{"image_token": "<image>", ...}``) as named special tokens (``tokenizer.image_token`` / ``image_token_id``, kept
+    by ``save_pretrained``) as transformers' multimodal processors expect. Returns None without tokenizer files.
+
+    The class comes from ``tokenizer_config.json``'s ``tokenizer_class``: a transformers class by name, else
+    ``class_overrides[name]`` (for remote-code tokenizers), else the ``tokenizer.json`` backend."""
+    from transformers import TokenizersBackend
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        return None
+    config_file = folder / "tokenizer_config.json"
+    name = load_config_file(config_file).get("tokenizer_class") if config_file.is_file() else None
+    tokenizer_class = (class_overrides or {}).get(name) or (tokenizer_class_from_name(name) if name else None)
+    if tokenizer_class is None:
+        if not (folder / "tokenizer.json").is_file():
+            raise ConversionError(f"cannot load tokenizer class {name!r} from {folder} without its remote code.")
+        tokenizer_class = TokenizersBackend
+    return tokenizer_class.from_pretrained(folder, extra_special_tokens=dict(named_tokens))

@@ -139,3 +139,54 @@ def test_bfloat16_conversion_keeps_every_tensor(parity_root, tmp_path):
     # bf16 weights: a few percent of the logit range
     assert (logits - io["logits"]).abs().max() < 0.05 * io["logits"].abs().max()
     assert np.isfinite(logits.numpy()).all()
+
+
+def source_with_tokenizer(case, folder):
+    """The case's original release plus tokenizer files whose <img> / </img> / <IMG_CONTEXT> sit at the ids the case
+    uses, as in a hub repo (Qwen2.5 layout: one tokenizer.json)."""
+    from mm_testers import make_char_tokenizer
+
+    with safe_open(str(case / "io.safetensors"), "pt") as handle:
+        meta = handle.metadata()
+    vocab_size = json.loads((case / "original" / "config.json").read_text())["llm_config"]["vocab_size"]
+    special = {int(meta["img_start_token_id"]): "<img>", int(meta["img_end_token_id"]): "</img>",
+               int(meta["img_context_token_id"]): "<IMG_CONTEXT>", 150: "<|endoftext|>", 151: "<|im_start|>",
+               152: "<|im_end|>"}
+    folder.mkdir()
+    for path in (case / "original").iterdir():
+        (folder / path.name).write_bytes(path.read_bytes())
+    make_char_tokenizer(vocab_size, special).save_pretrained(folder)
+    return folder
+
+
+def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
+    """Convert a release that ships tokenizer files, then use only the pipeline, like a new user."""
+    from transformers import AutoProcessor, pipeline
+
+    from mm_testers import read_video, write_video
+
+    case = parity_cases(parity_root)[0]
+    source = source_with_tokenizer(case, tmp_path / "release")
+    dest = tmp_path / "converted"
+    assert convert_main(["internvl2_5", str(source), str(dest)]) == 0
+    processor = AutoProcessor.from_pretrained(dest)
+    assert processor.chat_template and processor.image_token == "<IMG_CONTEXT>"
+    model = AutoModelForImageTextToText.from_pretrained(dest).eval()
+    assert 152 in model.generation_config.eos_token_id  # <|im_end|> ends the answer, as in the original chat()
+
+    pipe = pipeline("image-text-to-text", model=str(dest))
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
+    video_path = tmp_path / "clip.mp4"
+    write_video(video_path, rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    for part, media in (({"type": "image", "image": image}, {"images": [image]}),
+                        ({"type": "video", "path": str(video_path)}, {"videos": [read_video(video_path)]})):
+        messages = [{"role": "user", "content": [part, {"type": "text", "text": "Describe it."}]}]
+        answer = pipe(text=messages, max_new_tokens=4, do_sample=False, return_full_text=False)[0]["generated_text"]
+        # the same through the processor and generate(), by hand
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert prompt.startswith("<|im_start|>system\n")  # the original default system message
+        inputs = processor(text=[prompt], return_tensors="pt", **media)
+        with torch.no_grad():
+            generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        assert answer == processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)

@@ -122,3 +122,44 @@ def test_video_token_override(parity_root, tmp_path):
                          "--preset-overrides", str(overrides)]) == 0
     config = json.loads((tmp_path / "out" / "config.json").read_text())
     assert (config["image_token_id"], config["video_token_id"]) == (159, 150)
+
+
+def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
+    """Convert a release that ships tokenizer files (<image> at the case's id, Qwen's <|video_pad|>), then use only
+    the pipeline, like a new user."""
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoProcessor, pipeline
+
+    from mm_testers import make_char_tokenizer, read_video, write_video
+
+    case = parity_cases(parity_root)[0]
+    original = json.loads((case / "original" / "config.json").read_text())
+    source = tmp_path / "release"
+    source.mkdir()
+    for path in (case / "original").iterdir():
+        (source / path.name).write_bytes(path.read_bytes())
+    special = {original["image_token_index"]: "<image>", 140: "<|video_pad|>", 150: "<|endoftext|>",
+               151: "<|im_start|>", 152: "<|im_end|>"}
+    make_char_tokenizer(original["vocab_size"], special).save_pretrained(source)
+    dest = tmp_path / "converted"
+    assert convert_main(["videollama3", str(source), str(dest)]) == 0
+    config = json.loads((dest / "config.json").read_text())
+    assert (config["image_token_id"], config["video_token_id"]) == (original["image_token_index"], 140)
+
+    processor = AutoProcessor.from_pretrained(dest)
+    model = AutoModelForImageTextToText.from_pretrained(dest).eval()
+    pipe = pipeline("image-text-to-text", model=str(dest))
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (22, 30, 3), dtype=np.uint8))
+    video_path = tmp_path / "clip.mp4"
+    write_video(video_path, rng.integers(0, 256, (4, 16, 24, 3), dtype=np.uint8))
+    for part, media in (({"type": "image", "image": image}, {"images": [image]}),
+                        ({"type": "video", "path": str(video_path)}, {"videos": [read_video(video_path)]})):
+        messages = [{"role": "user", "content": [part, {"type": "text", "text": "Describe it."}]}]
+        answer = pipe(text=messages, max_new_tokens=4, do_sample=False, return_full_text=False)[0]["generated_text"]
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = processor(text=[prompt], return_tensors="pt", **media)
+        with torch.no_grad():
+            generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+        assert answer == processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
