@@ -163,7 +163,7 @@ def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
     """Convert a release that ships tokenizer files, then use only the pipeline, like a new user."""
     from transformers import AutoProcessor, pipeline
 
-    from mm_testers import read_video, write_video
+    from mm_testers import answer_by_hand, read_video, write_video
 
     case = parity_cases(parity_root)[0]
     source = source_with_tokenizer(case, tmp_path / "release")
@@ -183,10 +183,6 @@ def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
                         ({"type": "video", "path": str(video_path)}, {"videos": [read_video(video_path)]})):
         messages = [{"role": "user", "content": [part, {"type": "text", "text": "Describe it."}]}]
         answer = pipe(text=messages, max_new_tokens=4, do_sample=False, return_full_text=False)[0]["generated_text"]
-        # the same through the processor and generate(), by hand
-        prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        assert prompt.startswith("<|im_start|>system\n")  # the original default system message
-        inputs = processor(text=[prompt], return_tensors="pt", **media)
-        with torch.no_grad():
-            generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
-        assert answer == processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        assert answer == answer_by_hand(model, processor, messages, 4, **media)
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    assert prompt.startswith("<|im_start|>system\n")  # the original default system message

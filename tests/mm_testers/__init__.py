@@ -131,6 +131,16 @@ def read_video(path) -> np.ndarray:
         return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
+def answer_by_hand(model, processor, messages: list, max_new_tokens: int, **media) -> str:
+    """Greedy answer to chat ``messages`` through ``processor`` and ``model.generate`` (the pipeline's reference);
+    ``media``: ``images=[...]`` / ``videos=[...]`` in prompt order."""
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[prompt], return_tensors="pt", **media)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
 class MultimodalTester:
     """How to build and exercise one tiny multimodal LLM (see the module docstring for the contract)."""
 
