@@ -13,6 +13,8 @@ CONVERTERS = {
     "titok": "convert_titok",
     "flextok": "convert_flextok",
     "maetok": "convert_maetok",
+    "internvl2_5": "convert_internvl2_5",
+    "videollama3": "convert_videollama3",
     "ola": "convert_ola",
 }
 

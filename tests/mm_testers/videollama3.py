@@ -11,7 +11,7 @@ from transformers import (
     VideoLlama3VideoProcessor,
 )
 
-from vistok.processing.chat_templates import VIDEOLLAMA3_CHAT_TEMPLATE
+from vistok.processing.chat_templates import videollama3_chat_template
 
 from . import MultimodalTester, make_tiny_tokenizer
 
@@ -61,7 +61,7 @@ class VideoLlama3Tester(MultimodalTester):
         )
         return VideoLlama3Processor(
             image_processor=image_processor, tokenizer=make_tiny_tokenizer(SPECIAL_TOKENS),
-            video_processor=video_processor, chat_template=VIDEOLLAMA3_CHAT_TEMPLATE,
+            video_processor=video_processor, chat_template=videollama3_chat_template(),
         )
 
     def reload_processor(self, path):
