@@ -15,18 +15,30 @@ The OryxViT head count is not in the weights: it comes from the preset the origi
 or, for a width no preset has, the most heads (at most 16) with a head dimension of at least 16, with a warning.
 """
 
-import json
 import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from transformers import Qwen2Config, WhisperConfig
-from transformers.initialization import no_init_weights
 
 from ..modeling.configuration_ola import ORYX_VIT_PRESETS, BeatsConfig, OlaConfig, OryxViTConfig
 from ..modeling.modeling_ola import OlaForConditionalGeneration
-from .utils import ConversionError, ConversionResult, load_config_file, load_presets, logger, rename_state_dict
+from .utils import (
+    ConversionError,
+    ConversionResult,
+    build_empty_model,
+    checkpoint_files,
+    count_layers,
+    llm_config_fields,
+    load_config_file,
+    load_presets,
+    load_release_tokenizer,
+    load_shards_into_model,
+    logger,
+    read_checkpoint_shapes,
+    rename_state_dict,
+    require_shape,
+)
 
 
 VIT = r"model\.vision_tower\.vision_tower\."
@@ -90,17 +102,12 @@ BEATS_KEY_MAPPING = [
 BEATS_DROPPED = [r"predictor\..+", r"encoder\.layers\.([1-9]\d*)\.self_attn\.relative_attention_bias\.weight"]
 # fmt: on
 
-QWEN2_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "hidden_act", "max_position_embeddings", "initializer_range", "rms_norm_eps",
-    "rope_theta", "attention_dropout", "use_sliding_window", "sliding_window", "max_window_layers",
-    "bos_token_id", "eos_token_id", "tie_word_embeddings",
-)
-
+PLACEHOLDER_TOKENS = {"image_token": "<image>", "audio_token": "<speech>", "video_token": "<video>"}
 
 def _torch_load(path: Path) -> dict:
+    """The `.pt` file memory-mapped (its config is read now, its tensors when the file is converted)."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:
         raise ConversionError(f"could not read {path} with torch.load(weights_only=True): {error}") from error
 
@@ -115,23 +122,6 @@ def _find_file(source: Path, configured: str | None, default: str, what: str) ->
         f"the {what} file {name!r} (named in config.json) was not found; looked at {[str(c) for c in candidates]}. "
         "Put it next to the checkpoint (the release ships it in THUdyh/Ola_speech_encoders)."
     )
-
-
-def _shard_files(source: Path) -> list[Path]:
-    index = source / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [source / name for name in sorted(set(weight_map.values()))]
-    if (source / "model.safetensors").is_file():
-        return [source / "model.safetensors"]
-    raise ConversionError(f"{source} has neither model.safetensors nor model.safetensors.index.json.")
-
-
-def _layer_count(keys, prefix: str) -> int:
-    indices = {int(k[len(prefix):].split(".")[0]) for k in keys if k.startswith(prefix)}
-    if sorted(indices) != list(range(len(indices))):
-        raise ConversionError(f"layers under {prefix!r} are not numbered 0..n-1: {sorted(indices)}")
-    return len(indices)
 
 
 def _vision_heads(width: int, presets: dict) -> int:
@@ -150,27 +140,19 @@ def _vision_heads(width: int, presets: dict) -> int:
     return heads
 
 
-def _shapes(shards: list[Path]) -> dict[str, tuple]:
-    from safetensors import safe_open
-
-    shapes = {}
-    for shard in shards:
-        with safe_open(str(shard), "pt") as handle:
-            shapes.update({key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()})
-    return shapes
-
-
-def build_config(original: dict, shapes: dict, whisper_dims: dict, beats_cfg: dict, presets: dict) -> OlaConfig:
+def build_config(
+    original: dict, checkpoint_shapes: dict, whisper_dims: dict, beats_cfg: dict, presets: dict
+) -> OlaConfig:
+    """``checkpoint_shapes``: ``read_checkpoint_shapes`` of the main checkpoint."""
     vit = "model.vision_tower.vision_tower."
-    if vit + "pos_embed" not in shapes:
-        raise ConversionError("the checkpoint has no OryxViT (model.vision_tower.vision_tower.pos_embed).")
-    grid_len, width = shapes[vit + "pos_embed"][-2:]
+    grid_len, width = require_shape(checkpoint_shapes, vit + "pos_embed", "Ola")[-2:]
+    shapes = {key: shape for key, (shape, _) in checkpoint_shapes.items()}
     grid = math.isqrt(grid_len)
     if grid * grid != grid_len:
         raise ConversionError(f"OryxViT position table has {grid_len} entries, not a square grid.")
     vision_config = OryxViTConfig(
         hidden_size=width,
-        num_hidden_layers=_layer_count(shapes, vit + "blocks."),
+        num_hidden_layers=count_layers(shapes, vit + "blocks"),
         num_attention_heads=_vision_heads(width, presets),
         intermediate_size=shapes[vit + "blocks.0.mlp.fc1.weight"][0],
         patch_size=shapes[vit + "patch_embed.proj.weight"][-1],
@@ -216,11 +198,18 @@ def build_config(original: dict, shapes: dict, whisper_dims: dict, beats_cfg: di
         max_distance=beats_cfg.get("max_distance", defaults.max_distance),
         gru_rel_pos=beats_cfg.get("gru_rel_pos", defaults.gru_rel_pos),
     )
-    text = {k: original[k] for k in QWEN2_FIELDS if original.get(k) is not None}
-    # the original forces `rope_scaling` to None
-    text_config = Qwen2Config.from_dict({**text, "rope_parameters": {"rope_type": "default",
-                                                                      "rope_theta": original.get("rope_theta", 1e4)}})
-    text_config.vocab_size = shapes["model.embed_tokens.weight"][0]
+    # sizes from the weights; the original forces `rope_scaling` to None
+    text_config = Qwen2Config(
+        **llm_config_fields({**original, "rope_scaling": None}),
+        vocab_size=shapes["model.embed_tokens.weight"][0],
+        hidden_size=shapes["model.embed_tokens.weight"][1],
+        intermediate_size=shapes["model.layers.0.mlp.gate_proj.weight"][0],
+        num_hidden_layers=count_layers(shapes, "model.layers"),
+        num_attention_heads=original["num_attention_heads"],
+        num_key_value_heads=original.get("num_key_value_heads", original["num_attention_heads"]),
+        initializer_range=original.get("initializer_range", 0.02),
+        tie_word_embeddings=bool(original.get("tie_word_embeddings", False)),
+    )
     vocab = text_config.vocab_size
     return OlaConfig(
         vision_config=vision_config,
@@ -248,31 +237,24 @@ def _split_qkv(state: dict) -> None:
             state[key.replace(".qkv.", f".{name}.")] = part
 
 
-class _Filler:
-    """Copies converted tensors into the model piece by piece and keeps the accounting."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.target = model.state_dict()
-        self.filled, self.problems = set(), []
-
-    def add(self, state: dict, unmapped: list) -> None:
-        self.problems += [f"source tensor with no mapping: {k}" for k in unmapped]
+def _convert_state(state: dict, dtype: torch.dtype) -> tuple[dict, list, list]:
+    """One checkpoint file -> model names: a main-checkpoint shard, the Whisper `.pt` or the BEATs `.pt`."""
+    if "encoder.conv1.weight" in state:  # openai-whisper
+        renamed, unmapped, dropped = rename_state_dict(state, WHISPER_KEY_MAPPING, WHISPER_DROPPED)
+    elif "encoder.pos_conv.0.weight_v" in state:  # BEATs
+        shared = state.get("encoder.layers.0.self_attn.relative_attention_bias.weight")
         for key, tensor in state.items():
-            if key not in self.target:
-                self.problems.append(f"converted tensor the model does not have: {key}")
-            elif tuple(tensor.shape) != tuple(self.target[key].shape):
-                self.problems.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(self.target[key].shape)}")
-            elif key in self.filled:
-                self.problems.append(f"{key} is filled twice")
-            else:
-                self.target[key].copy_(tensor.to(self.target[key].dtype))
-                self.filled.add(key)
-
-    def finish(self) -> None:
-        missing = sorted(set(self.target) - self.filled)
-        problems = self.problems + ([f"model tensors missing from the checkpoint: {missing}"] if missing else [])
-        if problems:
-            raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+            if key.endswith("relative_attention_bias.weight") and not torch.equal(tensor, shared):
+                raise ConversionError(f"{key} differs from layer 0's table, but BEATs shares one table across layers.")
+        renamed, unmapped, dropped = rename_state_dict(state, BEATS_KEY_MAPPING, BEATS_DROPPED)
+        _fold_weight_norm(renamed, BEATS + "pos_conv_embed.conv.")
+    else:
+        renamed, unmapped, dropped = rename_state_dict(state, MAIN_KEY_MAPPING, MAIN_DROPPED)
+        key = "model.vision_tower.embeddings.position_embedding"
+        if key in renamed:
+            renamed[key] = renamed[key].reshape(-1, renamed[key].shape[-1])
+        _split_qkv(renamed)
+    return {k: v.to(dtype).contiguous() for k, v in renamed.items()}, unmapped, dropped
 
 
 def convert(source, config_file=None, presets_file=None) -> ConversionResult:
@@ -281,7 +263,7 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         raise ConversionError(f"SOURCE must be the release folder (config.json + safetensors), got {source}.")
     original = load_config_file(config_file or source / "config.json")
     presets = load_presets(ORYX_VIT_PRESETS, presets_file)
-    shards = _shard_files(source)
+    shards = checkpoint_files(source)
     whisper_file = _find_file(source, original.get("speech_encoder"), "large-v3.pt", "Whisper")
     beats_file = _find_file(source, original.get("music_encoder"), "BEATs_iter3_plus_AS2M_finetuned_on_AS2M_cpt2.pt",
                             "BEATs")
@@ -291,33 +273,15 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     if not {"dims", "model_state_dict"} <= set(whisper) or not {"cfg", "model"} <= set(beats):
         raise ConversionError("expected an openai-whisper file {dims, model_state_dict} and a BEATs file {cfg, model}.")
 
-    config = build_config(original, _shapes(shards), whisper["dims"], beats["cfg"], presets)
-    # every parameter is overwritten below (strictly checked), so skip the random init (minutes for 9B weights)
-    with no_init_weights():
-        model = OlaForConditionalGeneration(config).eval()
-    filler = _Filler(model)
-    with torch.no_grad():
-        for shard in shards:
-            logger.info("converting %s", shard.name)
-            renamed, unmapped, _ = rename_state_dict(load_file(str(shard)), MAIN_KEY_MAPPING, MAIN_DROPPED)
-            key = "model.vision_tower.embeddings.position_embedding"
-            if key in renamed:
-                renamed[key] = renamed[key].reshape(-1, renamed[key].shape[-1])
-            _split_qkv(renamed)
-            filler.add(renamed, unmapped)
-        renamed, unmapped, _ = rename_state_dict(whisper["model_state_dict"], WHISPER_KEY_MAPPING, WHISPER_DROPPED)
-        filler.add(renamed, unmapped)
-        shared = "encoder.layers.0.self_attn.relative_attention_bias.weight"
-        for key, tensor in beats["model"].items():
-            if key.endswith("relative_attention_bias.weight") and not torch.equal(tensor, beats["model"][shared]):
-                raise ConversionError(f"{key} differs from layer 0's table, but BEATs shares one table across layers.")
-        renamed, unmapped, _ = rename_state_dict(beats["model"], BEATS_KEY_MAPPING, BEATS_DROPPED)
-        _fold_weight_norm(renamed, BEATS + "pos_conv_embed.conv.")
-        filler.add(renamed, unmapped)
-    filler.finish()
+    checkpoint_shapes = read_checkpoint_shapes(shards)
+    config = build_config(original, checkpoint_shapes, whisper["dims"], beats["cfg"], presets)
+    model = build_empty_model(OlaForConditionalGeneration, config).eval()
+    # one dtype for every part: the original runs the speech encoders in the model's dtype (infer.py casts it all)
+    dtype = checkpoint_shapes["model.embed_tokens.weight"][1]
+    load_shards_into_model(model, [*shards, whisper_file, beats_file], lambda state: _convert_state(state, dtype))
     notes = [f"Whisper from {whisper_file.name}, BEATs from {beats_file.name}; model.speech_encoder.* copies dropped"]
     processors = []
-    tokenizer = _load_tokenizer(source)
+    tokenizer = load_release_tokenizer(source, PLACEHOLDER_TOKENS)
     if tokenizer is None:
         notes.append("no tokenizer files in SOURCE: no processor written (placeholder ids = vocab_size + 0/1/2)")
         logger.warning(notes[-1])
@@ -326,30 +290,21 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     return ConversionResult(model=model, processors=processors, notes=notes)
 
 
-def _load_tokenizer(source: Path):
-    if not any((source / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer_config.json")):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(source))
-
-
 def _attach_tokenizer(model: OlaForConditionalGeneration, tokenizer):
-    """As the original loader, shrink the embeddings and LM head to the tokenizer (`resize_token_embeddings(
-    len(tokenizer))` drops the unused padding rows), then add the three placeholder tokens after it."""
+    """``tokenizer``: the release tokenizer with the three placeholder tokens added after it. As the original loader
+    (`resize_token_embeddings(len(tokenizer))`, which drops the unused padding rows), shrink the embeddings and LM head
+    to the release tokenizer; the placeholder ids go into the config."""
     from ..processing.feature_extraction_ola import OlaFeatureExtractor
     from ..processing.image_processing_ola import OlaImageProcessor
     from ..processing.processing_ola import OlaProcessor
 
     config = model.config
-    size = len(tokenizer)
+    placeholder_ids = tokenizer.convert_tokens_to_ids(list(PLACEHOLDER_TOKENS.values()))
+    # the placeholders were appended to the release tokenizer unless it already had them
+    size = len(tokenizer) - sum(i >= len(tokenizer) - len(placeholder_ids) for i in placeholder_ids)
     if size < config.text_config.vocab_size:
         logger.info("shrinking the vocabulary from %d to the tokenizer's %d tokens", config.text_config.vocab_size, size)
         model.resize_token_embeddings(size)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<speech>", "<video>"]},
-                                 replace_extra_special_tokens=False)
-    config.image_token_id, config.audio_token_id, config.video_token_id = tokenizer.convert_tokens_to_ids(
-        ["<image>", "<speech>", "<video>"]
-    )
+    config.image_token_id, config.audio_token_id, config.video_token_id = placeholder_ids
     return OlaProcessor(OlaImageProcessor(), OlaFeatureExtractor(), tokenizer,
                         audio_downsample_rate=config.audio_downsample_rate)

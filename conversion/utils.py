@@ -37,7 +37,8 @@ class ConversionResult:
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Loads a state dict from a safetensors file, or a ``.bin/.pt/.pth/.ckpt`` file with
     ``torch.load(weights_only=True)`` (nothing in it is executed). Training checkpoints that wrap the weights
-    (``{"state_dict": ...}``, ``{"model": ...}``, ``{"ema": ...}``, ``{"module": ...}``) are unwrapped; ``ema`` wins."""
+    (``{"state_dict": ...}``, ``{"model_state_dict": ...}`` (openai-whisper), ``{"model": ...}``, ``{"ema": ...}``,
+    ``{"module": ...}``) are unwrapped; ``ema`` wins."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"checkpoint file {path} does not exist.")
@@ -53,7 +54,7 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             f"could not read {path} with torch.load(weights_only=True): {error}. Only plain tensor checkpoints are "
             "accepted; nothing in a checkpoint is executed."
         ) from error
-    for wrapper_key in ("ema", "state_dict", "model", "module"):
+    for wrapper_key in ("ema", "state_dict", "model_state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper_key), dict):
             state = state[wrapper_key]
             break

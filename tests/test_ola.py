@@ -300,19 +300,12 @@ def test_long_audio_is_encoded_in_full_30s_windows():
 
 
 def test_video_frames_token_count_by_hand(tiny, tmp_path):
-    import av
+    from mm_testers import write_video
 
     tester, model, processor = tiny
     frames = np.random.default_rng(5).integers(0, 256, (5, 100, 150, 3), dtype=np.uint8)
     path = tmp_path / "clip.mp4"
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264rgb", rate=1)
-        stream.height, stream.width, stream.pix_fmt = 100, 150, "rgb24"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(path, frames)
     processor.image_processor.video_num_frames = 3
     try:
         inputs = processor(text=processor.apply_chat_template(_messages("video"), tokenize=False), videos=[str(path)])
@@ -377,7 +370,7 @@ def test_release_with_tokenizer_gives_a_processor_and_shrinks_the_vocabulary(par
     from mm_testers import make_tiny_tokenizer
     from transformers import AutoProcessor
 
-    from vistok.conversion.convert_ola import _attach_tokenizer
+    from vistok.conversion.convert_ola import PLACEHOLDER_TOKENS, _attach_tokenizer
 
     case_dir = _cases(parity_root)[0]
     source = tmp_path / "release"
@@ -401,7 +394,7 @@ def test_release_with_tokenizer_gives_a_processor_and_shrinks_the_vocabulary(par
     config.text_config.vocab_size = 400
     big = vistok.OlaForConditionalGeneration(config)
     rows = big.get_input_embeddings().weight[:259].clone()
-    _attach_tokenizer(big, make_tiny_tokenizer())
+    _attach_tokenizer(big, make_tiny_tokenizer(PLACEHOLDER_TOKENS))
     assert big.get_input_embeddings().weight.shape[0] == 259 and big.lm_head.weight.shape[0] == 259
     assert big.config.text_config.vocab_size == 259
     torch.testing.assert_close(big.get_input_embeddings().weight, rows)
