@@ -465,7 +465,8 @@ _MULTIMODAL_INPUTS = (
 class OlaForConditionalGeneration(OlaPreTrainedModel, GenerationMixin):
     """Ola with its language-modelling head; `generate` works with every modality."""
 
-    _tied_weights_keys = {}
+    # only tied when `config.tie_word_embeddings` (Ola-7b is untied)
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
     # module prefixes per part, for `vistok.modeling.lora.get_lora_target_modules`
     _lora_parts = {
         "llm": "model.language_model",

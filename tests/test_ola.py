@@ -420,3 +420,21 @@ def test_sharded_release_layout_converts_the_same(parity_root, tmp_path):
         torch.testing.assert_close(model.lm_head.weight, reference["lm_head.weight"], atol=0, rtol=0)
         qkv = reference["model.vision_tower.vision_tower.blocks.0.attn.qkv.weight"]
         torch.testing.assert_close(model.model.vision_tower.layers[0].self_attn.k_proj.weight, qkv.chunk(3)[1])
+
+
+def test_tied_release_converts_with_a_tied_head(parity_root, tmp_path):
+    """A release saved with `tie_word_embeddings` has no `lm_head.weight` (save_pretrained drops the alias)."""
+    from safetensors.torch import save_file
+
+    case_dir = _cases(parity_root)[0]
+    source = tmp_path / "release"
+    shutil.copytree(case_dir / "original", source)
+    state = load_file(source / "model.safetensors")
+    del state["lm_head.weight"]
+    save_file(state, source / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((source / "config.json").read_text()) | {"tie_word_embeddings": True}
+    (source / "config.json").write_text(json.dumps(config))
+    assert convert_main(["ola", str(source), str(tmp_path / "out")]) == 0
+    model = AutoModelForMultimodalLM.from_pretrained(tmp_path / "out")
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    torch.testing.assert_close(model.lm_head.weight, state["model.embed_tokens.weight"], atol=0, rtol=0)
