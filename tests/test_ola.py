@@ -9,14 +9,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from mm_testers.ola import OlaTester
 from safetensors.torch import load_file
 from transformers import AutoModelForImageTextToText, AutoModelForMultimodalLM
 
 import vistok
 import vistok.conversion.convert_ola
 from vistok.conversion.__main__ import main as convert_main
+from vistok.conversion.utils import ConversionError
+from vistok.modeling.modeling_beats import relative_position_bucket
 from vistok.processing.feature_extraction_ola import OlaFeatureExtractor, kaldi_fbank
 from vistok.processing.image_processing_ola import OlaImageProcessor, patchify
+from vistok.processing.streaming import SentenceStreamer
 
 
 ATOL = RTOL = 1e-4
@@ -188,11 +192,6 @@ def test_image_views_match_original(parity_root):
 
 
 # -- tiny-model behaviour (the shared multimodal runners cover save/load, offload, dtypes, LoRA, image batching) ----
-from mm_testers.ola import OlaTester  # noqa: E402
-
-from vistok.conversion.utils import ConversionError  # noqa: E402
-from vistok.modeling.modeling_beats import relative_position_bucket  # noqa: E402
-from vistok.processing.streaming import SentenceStreamer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -302,7 +301,7 @@ def test_long_audio_is_encoded_in_full_30s_windows():
 def test_video_frames_token_count_by_hand(tiny, tmp_path):
     from mm_testers import write_video
 
-    tester, model, processor = tiny
+    _, model, processor = tiny
     frames = np.random.default_rng(5).integers(0, 256, (5, 100, 150, 3), dtype=np.uint8)
     path = tmp_path / "clip.mp4"
     write_video(path, frames)
@@ -369,7 +368,6 @@ def test_conversion_errors_name_the_problem(parity_root, tmp_path):
 def test_release_with_tokenizer_gives_a_processor_and_shrinks_the_vocabulary(parity_root, tmp_path):
     from mm_testers import make_tiny_tokenizer
     from transformers import AutoProcessor
-
     from vistok.conversion.convert_ola import PLACEHOLDER_TOKENS, _attach_tokenizer
 
     case_dir = _cases(parity_root)[0]
