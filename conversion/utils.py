@@ -4,6 +4,7 @@ An architecture's converter (``convert_<arch>.py``) exposes ``convert(source, co
 ConversionResult``; ``vistok-convert`` (``__main__.py``) does the rest through ``save_conversion``.
 """
 
+import gc
 import json
 import logging
 import os
@@ -41,7 +42,8 @@ class ConversionResult:
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Loads a state dict from a safetensors file, or a ``.bin/.pt/.pth/.ckpt`` file with
     ``torch.load(weights_only=True)`` (nothing in it is executed). Training checkpoints that wrap the weights
-    (``{"state_dict": ...}``, ``{"model": ...}``, ``{"ema": ...}``, ``{"module": ...}``) are unwrapped; ``ema`` wins."""
+    (``{"state_dict": ...}``, ``{"model_state_dict": ...}`` (openai-whisper), ``{"model": ...}``, ``{"ema": ...}``,
+    ``{"module": ...}``) are unwrapped; ``ema`` wins."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"checkpoint file {path} does not exist.")
@@ -57,7 +59,7 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             f"could not read {path} with torch.load(weights_only=True): {error}. Only plain tensor checkpoints are "
             "accepted; nothing in a checkpoint is executed."
         ) from error
-    for wrapper_key in ("ema", "state_dict", "model", "module"):
+    for wrapper_key in ("ema", "state_dict", "model_state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper_key), dict):
             state = state[wrapper_key]
             break
@@ -160,9 +162,11 @@ def require_tensor(state_dict: dict[str, torch.Tensor], key: str, what: str, rol
     return state_dict[key]
 
 
-def count_layers(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
-    """Number of numbered blocks under ``prefix`` (keys ``f"{prefix}{i}.…"``); they must be numbered 0..n-1."""
-    indices = {int(key[len(prefix):].split(".")[0]) for key in state_dict if key.startswith(prefix)}
+def count_layers(keys, prefix: str) -> int:
+    """Number of numbered blocks ``f"{prefix}.{i}.…"`` among ``keys`` (a state dict or its names; ``prefix`` with or
+    without the trailing dot); they must exist and be numbered 0..n-1."""
+    prefix = prefix.rstrip(".") + "."
+    indices = {int(m.group(1)) for key in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", key))}
     if not indices or sorted(indices) != list(range(len(indices))):
         raise ConversionError(f"the layers under {prefix!r} are missing or not numbered 0..n-1: {sorted(indices)}")
     return len(indices)
@@ -224,6 +228,21 @@ def rename_state_dict(
     return renamed, unmapped, dropped_keys
 
 
+def raise_if_mismatched(unmapped, unexpected, missing, mismatched) -> None:
+    """Raises a ``ConversionError`` naming every problem of a strict load (keys or ``"key: shapes"`` strings)."""
+    problems = []
+    if unmapped:
+        problems.append(f"source tensors with no mapping: {sorted(unmapped)}")
+    if unexpected:
+        problems.append(f"converted tensors the model does not have: {sorted(unexpected)}")
+    if missing:
+        problems.append(f"model tensors missing from the checkpoint: {sorted(missing)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {mismatched}")
+    if problems:
+        raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+
+
 def _storage(tensor: torch.Tensor):
     try:
         return tensor.untyped_storage().data_ptr()
@@ -257,17 +276,7 @@ def load_into_model(
         for k in sorted(set(target) & set(state_dict))
         if tuple(state_dict[k].shape) != tuple(target[k].shape)
     ]
-    problems = []
-    if unmapped:
-        problems.append(f"source tensors with no mapping: {sorted(unmapped)}")
-    if unexpected:
-        problems.append(f"converted tensors the model does not have: {unexpected}")
-    if missing:
-        problems.append(f"model tensors missing from the checkpoint: {missing}")
-    if mismatched:
-        problems.append(f"shape mismatches: {mismatched}")
-    if problems:
-        raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+    raise_if_mismatched(unmapped, unexpected, missing, mismatched)
     for key in tqdm(list(target), desc="copying tensors", disable=len(target) < 200, leave=False):
         target[key].copy_(state_dict[key].to(target[key].dtype))
 
@@ -343,7 +352,8 @@ def save_conversion(
     Everything is written to a temporary folder next to ``dest`` and moved into place only when complete (and, with
     ``verify``, reloaded through the Auto classes without missing or unused weights), so a failed or interrupted
     conversion leaves ``dest`` as it was. ``dest`` must not overlap ``source``; a non-empty ``dest`` is replaced only
-    with ``force``."""
+    with ``force``. ``result.model`` is released once written, so the verification never holds a second copy of an
+    LLM-sized model. The Hub upload is one commit with exactly the files written."""
     dest = check_paths(source, dest, force)
     model = result.model
     if dtype is not None:
@@ -357,8 +367,11 @@ def save_conversion(
             processor.save_pretrained(staging)
         if not (staging / "README.md").exists():
             (staging / "README.md").write_text(_usage_card(model, arch, source), encoding="utf-8")
+        model_class = type(model)
+        result.model = model = None
+        gc.collect()
         if verify:
-            verify_saved_model(staging, type(model))
+            verify_saved_model(staging, model_class)
         _make_readable(staging)
         if dest.exists():
             shutil.rmtree(dest)
@@ -366,15 +379,12 @@ def save_conversion(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     if push_to_hub:
-        logger.info("pushing %s to the Hub repo %s", dest, push_to_hub)
-        model.push_to_hub(push_to_hub)
-        for processor in result.processors:
-            processor.push_to_hub(push_to_hub)
-        from huggingface_hub import upload_file
+        from huggingface_hub import HfApi
 
-        # the usage card (it says to `import vistok`) replaces the generic card push_to_hub writes
-        upload_file(path_or_fileobj=str(dest / "README.md"), path_in_repo="README.md", repo_id=push_to_hub,
-                    commit_message="vistok usage card")
+        logger.info("pushing %s to the Hub repo %s", dest, push_to_hub)
+        api = HfApi()
+        api.create_repo(push_to_hub, exist_ok=True)
+        api.upload_folder(repo_id=push_to_hub, folder_path=dest, commit_message="Upload converted model (vistok-convert)")
     return dest
 
 
@@ -389,3 +399,128 @@ def verify_saved_model(dest: Path, model_class: type) -> None:
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         raise ConversionError(f"the written model does not reload cleanly: {problems}")
+
+
+# -- large (sharded) checkpoints -------------------------------------------------------------------------------------
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def checkpoint_files(source: str | Path) -> list[Path]:
+    """The weight files of a release: the shards listed by ``model.safetensors.index.json`` (or the ``.bin`` index),
+    else the single checkpoint file of the folder (see ``find_checkpoint_file``)."""
+    source = Path(source)
+    for name in INDEX_FILES if source.is_dir() else ():
+        if (source / name).is_file():
+            weight_map = json.loads((source / name).read_text(encoding="utf-8")).get("weight_map", {})
+            files = sorted({source / shard for shard in weight_map.values()})
+            missing = [f.name for f in files if not f.is_file()]
+            if not files or missing:
+                raise ConversionError(f"{source / name} lists shards that are absent: {missing or 'none listed'}.")
+            return files
+    return [find_checkpoint_file(source, preferred=("model.safetensors", "pytorch_model.bin"))]
+
+
+def read_checkpoint_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{key: (shape, dtype)}`` of every tensor in ``files`` without reading the data (safetensors headers; ``.bin``
+    files are memory-mapped)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    tensor_slice = handle.get_slice(key)
+                    dtype = getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
+                                            "I64": "int64", "I32": "int32", "BOOL": "bool"}.get(tensor_slice.get_dtype(),
+                                                                                                 "float32"))
+                    shapes[key] = (tuple(tensor_slice.get_shape()), dtype)
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            shapes.update({key: (tuple(t.shape), t.dtype) for key, t in state.items()})
+    return shapes
+
+
+def build_empty_model(model_class: type, config) -> torch.nn.Module:
+    """``model_class(config)`` without initialising the weights: parameters are allocated but not written (so not
+    resident in memory) until ``load_shards_into_model`` replaces them; buffers computed in ``__init__`` are real."""
+    from transformers.initialization import no_init_weights, no_tie_weights
+
+    with no_init_weights(), no_tie_weights():
+        return model_class(config)
+
+
+def load_shards_into_model(model: torch.nn.Module, files: list[Path], convert_shard) -> None:
+    """Fills ``model`` one checkpoint file at a time, so a sharded release never has two full copies in memory.
+
+    ``convert_shard(state_dict) -> (converted, unmapped, dropped)`` maps one shard's tensors to ``model``'s names (see
+    ``rename_state_dict``). Converted tensors are assigned as the model's parameters (no copy; their dtype is kept).
+    At the end the accounting is strict like ``load_into_model``: every source tensor mapped or dropped on purpose,
+    every model tensor filled once with the right shape; tied weights (``all_tied_weights_keys``) are then tied."""
+    target = model.state_dict()
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    filled, unmapped, unexpected, mismatched = set(), [], [], []
+    for path in tqdm(files, desc="converting shards", disable=len(files) < 2):
+        converted, shard_unmapped, _ = convert_shard(load_checkpoint(path))
+        unmapped.extend(shard_unmapped)
+        for key, tensor in converted.items():
+            if key not in target or key in tied:
+                unexpected.append(key)
+            elif tuple(tensor.shape) != tuple(target[key].shape):
+                mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(target[key].shape)}")
+            elif key in filled:
+                raise ConversionError(f"two source tensors map to {key!r}.")
+        usable = {k: v for k, v in converted.items()
+                  if k in target and k not in tied and tuple(v.shape) == tuple(target[k].shape)}
+        model.load_state_dict(usable, strict=False, assign=True)
+        filled.update(converted)
+        del converted
+    missing = sorted(set(target) - tied - filled)
+    raise_if_mismatched(unmapped, unexpected, missing, mismatched)
+    model.tie_weights()
+
+
+# fields of an original (v4) LLM config that carry over unchanged into a transformers 5 text config
+LLM_CONFIG_FIELDS = ("hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id",
+                     "pad_token_id", "use_sliding_window", "sliding_window", "max_window_layers", "attention_dropout")
+
+
+def llm_config_fields(llm: dict) -> dict:
+    """The ``LLM_CONFIG_FIELDS`` present in ``llm`` plus ``rope_parameters`` built from the v4 ``rope_theta`` /
+    ``rope_scaling`` keys (``{"type": "dynamic", "factor": 2.0}`` -> ``rope_type: dynamic``). Sizes are not copied:
+    converters read them from the weights."""
+    rope = {"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 10000.0))}
+    scaling = llm.get("rope_scaling")
+    if scaling:
+        rope |= {k: v for k, v in scaling.items() if k != "type"} | {"rope_type": scaling.get("rope_type", scaling.get("type"))}
+    return {k: llm[k] for k in LLM_CONFIG_FIELDS if k in llm} | {"rope_parameters": rope}
+
+
+def require_shape(shapes: dict, key: str, release: str) -> tuple[int, ...]:
+    """Shape of ``key`` from ``read_checkpoint_shapes`` output; a ``ConversionError`` naming ``release`` if absent."""
+    if key not in shapes:
+        raise ConversionError(f"the checkpoint has no {key!r}; is this a {release} release?")
+    return shapes[key][0]
+
+
+def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], class_overrides: dict | None = None):
+    """The tokenizer of an original release, loaded without its remote code, with ``named_tokens``
+    (``{"image_token": "<image>", ...}``) as named special tokens (``tokenizer.image_token`` / ``image_token_id``, kept
+    by ``save_pretrained``) as transformers' multimodal processors expect. Returns None without tokenizer files.
+
+    The class comes from ``tokenizer_config.json``'s ``tokenizer_class``: a transformers class by name, else
+    ``class_overrides[name]`` (for remote-code tokenizers), else the ``tokenizer.json`` backend."""
+    from transformers import TokenizersBackend
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        return None
+    config_file = folder / "tokenizer_config.json"
+    name = load_config_file(config_file).get("tokenizer_class") if config_file.is_file() else None
+    tokenizer_class = (class_overrides or {}).get(name) or (tokenizer_class_from_name(name) if name else None)
+    if tokenizer_class is None:
+        if not (folder / "tokenizer.json").is_file():
+            raise ConversionError(f"cannot load tokenizer class {name!r} from {folder} without its remote code.")
+        tokenizer_class = TokenizersBackend
+    return tokenizer_class.from_pretrained(folder, extra_special_tokens=dict(named_tokens))
