@@ -12,6 +12,7 @@ from .modeling import (
     FlexTokModel,
     FlexTokPreTrainedModel,
 )
+from .modeling import LlavaMiniConfig, LlavaMiniForConditionalGeneration, LlavaMiniModel, LlavaMiniPreTrainedModel
 from .modeling import MAETOK_VARIANTS, MAETokConfig, MAETokModel, MAETokPreTrainedModel
 from .modeling import TITOK_VARIANTS, TiTokConfig, TiTokModel, TiTokPreTrainedModel
 from .processing import FlexTokImageProcessor, FlexTokImageProcessorPil
@@ -27,6 +28,10 @@ __all__ = [
     "FlexTokImageProcessorPil",
     "FlexTokModel",
     "FlexTokPreTrainedModel",
+    "LlavaMiniConfig",
+    "LlavaMiniForConditionalGeneration",
+    "LlavaMiniModel",
+    "LlavaMiniPreTrainedModel",
     "MAETOK_VARIANTS",
     "MAETokConfig",
     "MAETokImageProcessor",

@@ -29,6 +29,7 @@ from .utils import (
     load_into_model,
     load_presets,
     rename_state_dict,
+    split_fused_qkv,
 )
 
 
@@ -95,17 +96,7 @@ def _rules() -> tuple[list[tuple[str, str]], list[str]]:
 
 def split_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Splits timm's fused `attn.qkv` projections into `attn.q`, `attn.k`, `attn.v`."""
-    result = {}
-    for key, tensor in state_dict.items():
-        match = re.fullmatch(r"(.*\.attn)\.qkv\.(weight|bias)", key)
-        if match is None:
-            result[key] = tensor
-            continue
-        if tensor.shape[0] % 3:
-            raise ConversionError(f"{key} has shape {tuple(tensor.shape)}; its first dimension must split in 3.")
-        for name, part in zip("qkv", tensor.chunk(3, dim=0)):
-            result[f"{match.group(1)}.{name}.{match.group(2)}"] = part.contiguous()
-    return result
+    return split_fused_qkv(state_dict, r"(.*\.attn)\.qkv\.(weight|bias)", "{prefix}.{name}.{kind}")
 
 
 def _num_blocks(state_dict: dict, prefix: str) -> int:

@@ -152,6 +152,26 @@ def rename_state_dict(
     return renamed, unmapped, dropped_keys
 
 
+def split_fused_qkv(state_dict: dict[str, torch.Tensor], pattern: str, template: str) -> dict[str, torch.Tensor]:
+    """Splits fused q/k/v projections along their first dimension.
+
+    ``pattern`` fully matches a fused key with two groups (module prefix, ``weight``/``bias``); ``template`` formats
+    the new key from ``prefix``, ``name`` (q, k or v) and ``kind``. Example (timm): ``r"(.*\\.attn)\\.qkv\\.(weight|bias)"``
+    with ``"{prefix}.{name}.{kind}"``; nn.MultiheadAttention: ``r"(.*)\\.in_proj_(weight|bias)"``,
+    ``"{prefix}.{name}_proj.{kind}"``. Other keys pass through unchanged."""
+    result = {}
+    for key, tensor in state_dict.items():
+        match = re.fullmatch(pattern, key)
+        if match is None:
+            result[key] = tensor
+            continue
+        if tensor.shape[0] % 3:
+            raise ConversionError(f"{key} has shape {tuple(tensor.shape)}; its first dimension must split in 3.")
+        for name, part in zip("qkv", tensor.chunk(3, dim=0)):
+            result[template.format(prefix=match.group(1), name=name, kind=match.group(2))] = part.contiguous()
+    return result
+
+
 def load_into_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], unmapped: list[str] = ()) -> None:
     """Strictly loads ``state_dict`` into ``model``: every target tensor must be filled with a tensor of the right
     shape and every source key used, otherwise a ``ConversionError`` names the offending keys."""
