@@ -16,6 +16,7 @@ from .modeling import LlavaMiniConfig, LlavaMiniForConditionalGeneration, LlavaM
 from .modeling import MAETOK_VARIANTS, MAETokConfig, MAETokModel, MAETokPreTrainedModel
 from .modeling import TITOK_VARIANTS, TiTokConfig, TiTokModel, TiTokPreTrainedModel
 from .processing import FlexTokImageProcessor, FlexTokImageProcessorPil
+from .processing import LlavaMiniImageProcessor, LlavaMiniImageProcessorPil, LlavaMiniProcessor, LlavaMiniVideoProcessor
 from .processing import MAETokImageProcessor, MAETokImageProcessorPil
 from .processing import ImageTokenizationPipeline, TiTokImageProcessor, TiTokImageProcessorPil
 
@@ -30,6 +31,10 @@ __all__ = [
     "FlexTokPreTrainedModel",
     "LlavaMiniConfig",
     "LlavaMiniForConditionalGeneration",
+    "LlavaMiniImageProcessor",
+    "LlavaMiniImageProcessorPil",
+    "LlavaMiniProcessor",
+    "LlavaMiniVideoProcessor",
     "LlavaMiniModel",
     "LlavaMiniPreTrainedModel",
     "MAETOK_VARIANTS",

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from transformers import CLIPImageProcessor, CLIPVisionConfig, GenerationConfig, LlamaConfig
+from transformers import CLIPVisionConfig, GenerationConfig, LlamaConfig
 
 from ..modeling.configuration_llava_mini import LlavaMiniConfig
 from ..modeling.modeling_llava_mini import LlavaMiniForConditionalGeneration
+from ..processing.processing_llava_mini import LlavaMiniImageProcessor, LlavaMiniProcessor, LlavaMiniVideoProcessor
 from .utils import (
     ConversionError,
     ConversionResult,
@@ -173,8 +174,10 @@ def build_text_config(original: dict, shapes: dict) -> LlamaConfig:
 def build_config(original: dict, shapes: dict, vision_config: CLIPVisionConfig) -> LlavaMiniConfig:
     if original.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
         raise ConversionError(f"only the mlp2x_gelu projector is supported, got {original['mm_projector_type']!r}.")
-    if original.get("image_aspect_ratio", "square") not in ("square", "pad"):
-        raise ConversionError(f"image_aspect_ratio {original['image_aspect_ratio']!r} is not supported (square, pad).")
+    if original.get("image_aspect_ratio", "square") != "square":
+        raise ConversionError(
+            f"image_aspect_ratio {original['image_aspect_ratio']!r} is not supported; the release uses 'square'."
+        )
     select = original.get("mm_vision_select_feature", "patch")
     if select not in ("patch", "cls_patch"):
         raise ConversionError(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {select!r}.")
@@ -245,6 +248,9 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         )
     vision_config = build_vision_config(vision_shapes, "vision_model.", tower_dir, tower_name, presets)
     config = build_config(original, shapes, vision_config)
+    tokenizer = _load_tokenizer(source)
+    if tokenizer is not None:
+        config.image_token_id, config.video_token_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
     model = LlavaMiniForConditionalGeneration(config).eval()
     target = model.state_dict()
     filled = set()
@@ -262,7 +268,7 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         _compare_tower(model, tower_dir, notes)
     if (source / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(source)
-    return ConversionResult(model=model, processors=_processors(source, tower_dir, config, original), notes=notes)
+    return ConversionResult(model=model, processors=_processors(tower_dir, config, tokenizer), notes=notes)
 
 
 def _compare_tower(model, tower_dir: Path, notes: list) -> None:
@@ -275,10 +281,32 @@ def _compare_tower(model, tower_dir: Path, notes: list) -> None:
                 return
 
 
-def _processors(source: Path, tower_dir: Path | None, config: LlavaMiniConfig, original: dict) -> list:
+def _load_tokenizer(source: Path):
+    """The release's tokenizer (if SOURCE has one) with `<image>` / `<video>` placeholder tokens added."""
+    if not any((source / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+        return None
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
+    if tokenizer.pad_token is None:
+        # the original pads with Llama-3.1's <|finetune_right_pad_id|> (id 128004)
+        pad = "<|finetune_right_pad_id|>"
+        tokenizer.pad_token = pad if pad in tokenizer.get_vocab() else tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def _processors(tower_dir: Path | None, config: LlavaMiniConfig, tokenizer) -> list:
     size = config.vision_config.image_size
+    fields = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
     if tower_dir is not None and (tower_dir / "preprocessor_config.json").is_file():
-        image_processor = CLIPImageProcessor.from_pretrained(tower_dir)
-    else:
-        image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    return [image_processor]
+        original = load_config_file(tower_dir / "preprocessor_config.json")
+        fields.update({k: original[k] for k in ("size", "crop_size", "image_mean", "image_std", "resample",
+                                                "rescale_factor") if k in original})
+    fields["resolution_ratio"] = config.resolution_ratio
+    image_processor = LlavaMiniImageProcessor(**fields)
+    video_processor = LlavaMiniVideoProcessor(**fields)
+    if tokenizer is None:
+        return [image_processor, video_processor]
+    return [LlavaMiniProcessor(image_processor, video_processor, tokenizer, num_vision_tokens=config.num_vision_tokens)]

@@ -1,10 +1,16 @@
 """vistok processors and pipelines; importing this module registers them with transformers."""
 
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, AutoProcessor, AutoVideoProcessor
 
-from ..modeling import FlexTokConfig, MAETokConfig, TiTokConfig
+from ..modeling import FlexTokConfig, LlavaMiniConfig, MAETokConfig, TiTokConfig
 from .image_processing_flextok import FlexTokImageProcessor, FlexTokImageProcessorPil
 from .image_processing_maetok import MAETokImageProcessor, MAETokImageProcessorPil
+from .processing_llava_mini import (
+    LlavaMiniImageProcessor,
+    LlavaMiniImageProcessorPil,
+    LlavaMiniProcessor,
+    LlavaMiniVideoProcessor,
+)
 from .image_processing_tokenizer import TiTokImageProcessor, TiTokImageProcessorPil
 from .pipeline_image_tokenization import ImageTokenizationPipeline, register_pipelines
 
@@ -15,14 +21,18 @@ def register() -> None:
         (TiTokConfig, TiTokImageProcessor, TiTokImageProcessorPil),
         (FlexTokConfig, FlexTokImageProcessor, FlexTokImageProcessorPil),
         (MAETokConfig, MAETokImageProcessor, MAETokImageProcessorPil),
+        (LlavaMiniConfig, LlavaMiniImageProcessor, LlavaMiniImageProcessorPil),
     ):
         AutoImageProcessor.register(
             config_class, image_processor_classes={"torchvision": torchvision_class, "pil": pil_class}, exist_ok=True
         )
+    AutoVideoProcessor.register(LlavaMiniConfig, LlavaMiniVideoProcessor, exist_ok=True)
+    AutoProcessor.register(LlavaMiniConfig, LlavaMiniProcessor, exist_ok=True)
     register_pipelines()
 
 
 register()
 
-__all__ = ["FlexTokImageProcessor", "FlexTokImageProcessorPil", "ImageTokenizationPipeline", "MAETokImageProcessor",
+__all__ = ["LlavaMiniImageProcessor", "LlavaMiniImageProcessorPil", "LlavaMiniProcessor", "LlavaMiniVideoProcessor",
+           "FlexTokImageProcessor", "FlexTokImageProcessorPil", "ImageTokenizationPipeline", "MAETokImageProcessor",
            "MAETokImageProcessorPil", "TiTokImageProcessor", "TiTokImageProcessorPil"]
