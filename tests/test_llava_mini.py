@@ -152,3 +152,149 @@ def test_conversion_is_strict(parity_root, tmp_path):
     shutil.rmtree(source / "vision_tower")
     with pytest.raises(ConversionError, match="mm_vision_tower"):
         vistok.conversion.__main__.convert("llava-mini", source, tmp_path / "c")
+
+
+# ----- tiny models: batching, generation, high resolution, video -----
+
+IMAGE, VIDEO = 300, 301  # placeholder ids outside the 256-token vocabulary
+
+
+def tiny_config(**overrides) -> LlavaMiniConfig:
+    fields = dict(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=24, patch_size=4, hidden_act="quick_gelu", initializer_range=0.2),
+        text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=256, initializer_range=0.2, rope_theta=10000.0,
+                         pad_token_id=1),
+        compressor_grid_size=2, num_prefusion_layers=2, image_token_id=IMAGE, video_token_id=VIDEO,
+    )
+    return LlavaMiniConfig(**(fields | overrides))
+
+
+def tiny_model(seed=0, **overrides) -> LlavaMiniForConditionalGeneration:
+    torch.manual_seed(seed)
+    return LlavaMiniForConditionalGeneration(tiny_config(**overrides)).eval()
+
+
+def _pixels(n, parts=None, size=24, seed=0):
+    shape = (n, 3, size, size) if parts is None else (n, parts, 3, size, size)
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _left_pad(rows, pad_id=1):
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    return ids, mask
+
+
+def test_mixed_batch_equals_items_one_by_one():
+    model = tiny_model()
+    img = [IMAGE] * 4
+    prompts = [
+        [5, 9, 33, 70],                               # text only
+        [5, *img, 17, 18, 19, 20, 21],                # one image
+        [5, 40, *img, 41, *img, 42, 43],              # two images
+    ]
+    images = [None, _pixels(1, seed=1), _pixels(2, seed=2)]
+    ids, mask = _left_pad(prompts)
+    batch_pixels = torch.cat([p for p in images if p is not None])
+    with torch.no_grad():
+        batch_logits = model(input_ids=ids, attention_mask=mask, pixel_values=batch_pixels).logits
+        batch_generated = model.generate(input_ids=ids, attention_mask=mask, pixel_values=batch_pixels,
+                                         max_new_tokens=6, do_sample=False)
+        for i, (prompt, pixels) in enumerate(zip(prompts, images)):
+            single = torch.tensor([prompt])
+            logits = model(input_ids=single, pixel_values=pixels).logits
+            torch.testing.assert_close(batch_logits[i, -len(prompt):], logits[0], atol=1e-5, rtol=1e-5)
+            generated = model.generate(input_ids=single, pixel_values=pixels, max_new_tokens=6, do_sample=False)
+            assert batch_generated[i, -6:].tolist() == generated[0, -6:].tolist()
+    # the image changes the text states and the answer: a different image gives different logits
+    with torch.no_grad():
+        other = model(input_ids=torch.tensor([prompts[1]]), pixel_values=_pixels(1, seed=7)).logits
+    assert (other[0] - batch_logits[1, -len(prompts[1]):]).abs().max() > 1e-3
+
+
+def test_vision_tokens_do_not_depend_on_the_prompt():
+    """The compressed tokens precede the text in the causal pre-fusion, so the prompt cannot change them."""
+    model = tiny_model()
+    pixels = _pixels(2, seed=3)
+    ids = torch.tensor([[5, *[IMAGE] * 4, 7, 8], [9, 9, 9, *[IMAGE] * 4]])
+    with torch.no_grad():
+        alone = model.get_image_features(pixels).pooler_output
+        with_text = model.get_image_features(pixels, input_ids=ids)
+    torch.testing.assert_close(alone, with_text.pooler_output, atol=1e-5, rtol=1e-5)
+    assert with_text.fused_text_states.shape == (2, 7, 32)
+
+
+def test_token_id_zero_is_text_unlike_the_original():
+    """The original treats every id <= 0 as padding in the pre-fusion (so a real token 0 stays unfused); vistok masks
+    only placeholders and attention_mask padding."""
+    model = tiny_model()
+    ids = torch.tensor([[5, *[IMAGE] * 4, 0, 8]])
+    with torch.no_grad():
+        fused = model.get_image_features(_pixels(1), input_ids=ids).fused_text_states
+        plain = model.model.embed_text(ids)
+    assert (fused[0, 5] - plain[0, 5]).abs().max() > 1e-3  # id 0 was fused with the image
+    torch.testing.assert_close(fused[0, 1:5], plain[0, 1:5])  # placeholders keep the plain embedding
+
+
+def test_high_resolution_stitches_crops_row_major():
+    model = tiny_model(resolution_ratio=2)
+    pixels = _pixels(1, parts=5, seed=4)  # 4 crops + the whole image
+    with torch.no_grad():
+        features = model.get_image_features(pixels)
+        per_view = model.model.vision_tower(pixels[0], output_hidden_states=True).hidden_states[-2][:, 1:]
+    g = 6  # 24 px / 4 px patches
+    stitched = torch.empty(2 * g, 2 * g, 32)
+    for row in range(2 * g):
+        for col in range(2 * g):
+            crop = (row // g) * 2 + col // g
+            stitched[row, col] = per_view[crop, (row % g) * g + col % g]
+    torch.testing.assert_close(features.last_hidden_state[0], stitched.reshape(-1, 32))
+    assert features.pooler_output.shape == (1, 4, 32)
+    with pytest.raises(ValueError, match="needs 5 views"):
+        model.get_image_features(_pixels(1))
+
+
+def test_video_concatenates_frames_and_averages_text():
+    model = tiny_model()
+    frames = _pixels(3, seed=5)
+    text = [5, 6, 7]
+    video_ids = torch.tensor([[5, *[VIDEO] * 12, 6, 7]])
+    with torch.no_grad():
+        out = model(input_ids=video_ids, pixel_values_videos=frames[None])
+        video = out.video_outputs
+        per_frame = [model.get_image_features(frames[t : t + 1], input_ids=torch.tensor([[5, *[IMAGE] * 4, 6, 7]]))
+                     for t in range(3)]
+        mean_text = torch.stack([f.fused_text_states for f in per_frame]).mean(0)
+        torch.testing.assert_close(video.pooler_output, torch.cat([f.pooler_output for f in per_frame]))
+        keep = torch.tensor([True, False, False, False, False, True, True])
+        torch.testing.assert_close(video.fused_text_states[0, [0, 13, 14]], mean_text[0, keep], atol=1e-5, rtol=1e-5)
+        # the language model sees [fused text, 3 x C*C frame tokens, fused text]
+        embeds = torch.cat([mean_text[0, :1], video.pooler_output.reshape(12, 32), mean_text[0, 5:]])[None]
+        logits = model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state)
+    torch.testing.assert_close(out.logits, logits, atol=1e-5, rtol=1e-5)
+    assert len(text) + 12 == out.logits.shape[1]
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="placeholders for 1 images but 2 were given"):
+        model(input_ids=torch.tensor([[5, *[IMAGE] * 4]]), pixel_values=_pixels(2))
+    with pytest.raises(ValueError, match="must occupy 4 placeholder tokens"):
+        model(input_ids=torch.tensor([[5, *[IMAGE] * 3]]), pixel_values=_pixels(1))
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model(input_ids=torch.tensor([[5, *[IMAGE] * 4]]))
+
+
+def test_save_load_round_trip(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    loaded, info = AutoModelForImageTextToText.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()), info
+    ids = torch.tensor([[5, *[IMAGE] * 4, 7]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(input_ids=ids, pixel_values=_pixels(1)).logits,
+                                   model(input_ids=ids, pixel_values=_pixels(1)).logits)
+    assert isinstance(AutoModel.from_pretrained(tmp_path), vistok.LlavaMiniModel)
