@@ -201,6 +201,12 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
                 f"resolution_ratio={self.config.resolution_ratio} needs {expected_parts} views per image, got "
                 f"{pixel_values.shape[1]}."
             )
+        size = self.config.vision_config.image_size
+        if tuple(pixel_values.shape[-2:]) != (size, size):
+            raise ValueError(
+                f"pixel_values must hold {size}x{size} images (the vision tower's image_size), got "
+                f"{pixel_values.shape[-2]}x{pixel_values.shape[-1]}."
+            )
         pixel_values = pixel_values.to(self.vision_tower.dtype)
         patches, prefix, grid = self._patch_features(pixel_values)
         compressed = self.compressor(patches, grid)
@@ -323,12 +329,23 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
         pixel_values: torch.Tensor | None = None,
         pixel_values_videos: torch.Tensor | list[torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
+        fusion_mask: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, LlavaMiniVisionOutput | None]:
         """The language model's input embeddings: fused text with every placeholder replaced by its vision token.
 
         Images and video frames of one sample are fused with its prompt one unit at a time and its text states are
-        averaged over all of them, as the original does for the frames of a video."""
+        averaged over all of them, as the original does for the frames of a video. Only the tokens marked by
+        ``fusion_mask`` (see `forward`) and ``attention_mask`` take part in the pre-fusion."""
         inputs_embeds = self.embed_text(input_ids)
+        text_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        if attention_mask is not None:
+            text_mask &= attention_mask[:, -input_ids.shape[1] :].bool()
+        if fusion_mask is not None:
+            # columns past the fusion mask (tokens generated after the prompt) keep their plain embeddings
+            prompt = torch.zeros_like(text_mask)
+            columns = min(fusion_mask.shape[1], input_ids.shape[1])
+            prompt[:, :columns] = fusion_mask[:, :columns].bool()
+            text_mask &= prompt
         if pixel_values is None and pixel_values_videos is None:
             if self._placeholder_mask(input_ids).any():
                 raise ValueError("input_ids contain image/video placeholders but no pixel_values were given.")
@@ -347,7 +364,7 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
             units.append(pixels)
             owners.append(self._unit_owners(input_ids, token_id, pixels.shape[0], what))
             kinds.append((token_id, pixels.shape[0]))
-        features = self.encode_visual_units(torch.cat(units), input_ids, attention_mask, torch.cat(owners))
+        features = self.encode_visual_units(torch.cat(units), input_ids, text_mask, torch.cat(owners))
         inputs_embeds = features.fused_text_states.to(inputs_embeds.dtype)
         start = 0
         for token_id, count in kinds:
@@ -368,19 +385,24 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
         cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
+        fusion_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MultimodalBaseModelOutputWithPast:
         r"""
         input_ids (`torch.LongTensor` of shape `(B, L)`): prompts with C*C placeholders per image and T*C*C per video.
         pixel_values (`torch.FloatTensor` of shape `(num_images, 3, S, S)` or `(num_images, N*N+1, 3, S, S)`).
         pixel_values_videos (`torch.FloatTensor` of shape `(num_videos, T, 3, S, S)`, or a list of `(T_i, 3, S, S)`).
+        fusion_mask (`torch.Tensor` of shape `(B, P)`, *optional*): 1 for the tokens that take part in the modality
+            pre-fusion. The processor returns it for the prompt; tokens past column P keep their plain embeddings, as
+            tokens generated after the prompt do in the original (which fuses only the prompt), so a full forward
+            over prompt + generated tokens matches cached generation. Default: every (non-padding) token.
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
         features = None
         if inputs_embeds is None:
             inputs_embeds, features = self.merge_multimodal_inputs(
-                input_ids, pixel_values, pixel_values_videos, attention_mask
+                input_ids, pixel_values, pixel_values_videos, attention_mask, fusion_mask
             )
         elif pixel_values is not None or pixel_values_videos is not None:
             raise ValueError("LLaVA-Mini fuses images with the prompt: pass input_ids (not inputs_embeds) with pixels.")
@@ -410,6 +432,12 @@ class LlavaMiniForConditionalGeneration(LlavaMiniPreTrainedModel, GenerationMixi
     """LLaVA-Mini with its language-modelling head."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # module prefixes of the parts LoRA can target (vistok.modeling.lora)
+    _lora_parts = {
+        "llm": ("model.language_model", "model.prefusion_layers"),
+        "vision": "model.vision_tower",
+        "projector": ("model.multi_modal_projector", "model.compressor"),
+    }
 
     def __init__(self, config: LlavaMiniConfig):
         super().__init__(config)
@@ -447,12 +475,22 @@ class LlavaMiniForConditionalGeneration(LlavaMiniPreTrainedModel, GenerationMixi
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        fusion_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> MultimodalCausalLMOutputWithPast:
         r"""
         labels (`torch.LongTensor` of shape `(B, L)`, *optional*): next-token targets (-100 = ignored; placeholders
-            should be -100).
+            should be -100). As in the original training, tokens with a target (the answers) are left out of the
+            pre-fusion: they keep their plain embeddings, like generated tokens at inference.
+        fusion_mask (`torch.Tensor` of shape `(B, P)`, *optional*): see `LlavaMiniModel.forward`.
         """
+        if labels is not None and input_ids is not None:
+            answer_free = labels == -100
+            if fusion_mask is not None:
+                columns = min(fusion_mask.shape[1], labels.shape[1])
+                answer_free[:, :columns] &= fusion_mask[:, :columns].bool()
+                answer_free[:, columns:] = False
+            fusion_mask = answer_free
         outputs = self.model(
             input_ids=input_ids,
             pixel_values=pixel_values,
@@ -462,6 +500,7 @@ class LlavaMiniForConditionalGeneration(LlavaMiniPreTrainedModel, GenerationMixi
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            fusion_mask=fusion_mask,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state

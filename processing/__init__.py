@@ -1,6 +1,7 @@
 """vistok processors and pipelines; importing this module registers them with transformers."""
 
 from transformers import AutoImageProcessor, AutoProcessor, AutoVideoProcessor
+from transformers.utils import is_torchvision_available
 
 from ..modeling import FlexTokConfig, LlavaMiniConfig, MAETokConfig, TiTokConfig
 from .image_processing_flextok import FlexTokImageProcessor, FlexTokImageProcessorPil
@@ -29,6 +30,10 @@ def register() -> None:
     AutoVideoProcessor.register(LlavaMiniConfig, LlavaMiniVideoProcessor, exist_ok=True)
     AutoProcessor.register(LlavaMiniConfig, LlavaMiniProcessor, exist_ok=True)
     register_pipelines()
+    if is_torchvision_available():  # transformers' video processors need torchvision
+        from .video_io import install_pyav_fallback
+
+        install_pyav_fallback()
 
 
 register()

@@ -15,36 +15,9 @@ from transformers.image_transforms import to_pil_image
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, make_flat_list_of_images
 from transformers.processing_utils import ImagesKwargs, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
-from transformers.video_utils import VideoMetadata, load_video
+from transformers.video_utils import VideoMetadata
 
-
-# Llama-3.1 chat format as rendered by the release's tokenizer (with its default date lines) and the original's
-# default system prompt (`conv_llava_llama_3_1`); visual items become `<image>` / `<video>` followed by a newline.
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
-    "provides, and assist the user with a variety of tasks using natural language."
-)
-CHAT_TEMPLATE = (
-    "{{- bos_token }}"
-    "{%- if messages[0]['role'] == 'system' %}"
-    "{%- if messages[0]['content'] is string %}{%- set system = messages[0]['content'] %}"
-    "{%- else %}{%- set system = messages[0]['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}{%- endif %}"
-    "{%- set messages = messages[1:] %}"
-    "{%- else %}{%- set system = '" + DEFAULT_SYSTEM_PROMPT + "' %}{%- endif %}"
-    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: December 2023\\n"
-    "Today Date: 26 Jul 2024\\n\\n' + system + '<|eot_id|>' }}"
-    "{%- for message in messages %}"
-    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
-    "{%- if message['content'] is string %}{{- message['content'] | trim }}"
-    "{%- else %}{%- for item in message['content'] %}"
-    "{%- if item['type'] == 'image' %}{{- '<image>\\n' }}"
-    "{%- elif item['type'] == 'video' %}{{- '<video>\\n' }}"
-    "{%- elif item['type'] == 'text' %}{{- item['text'] | trim }}{%- endif %}"
-    "{%- endfor %}{%- endif %}"
-    "{{- '<|eot_id|>' }}"
-    "{%- endfor %}"
-    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
-)
+from .chat_templates import LLAVA_MINI_CHAT_TEMPLATE
 
 
 def split_image(image: Image.Image, ratio: int) -> list[Image.Image]:
@@ -64,11 +37,12 @@ def split_image(image: Image.Image, ratio: int) -> list[Image.Image]:
 
 def one_frame_per_second(metadata: VideoMetadata, fps: float = 1.0, num_frames: int | None = None, **kwargs) -> np.ndarray:
     """The original's frame choice: `int(total / video_fps * fps)` frames (at least 1), each the middle of one of equal
-    segments of `[0, total - 1]` (numpy rounding of the segment bounds)."""
+    segments of `[0, total - 1]` (numpy rounding of the segment bounds). Frames whose fps is unknown (arrays passed
+    without `video_metadata`) are taken as already sampled: all of them are kept."""
     total = metadata.total_num_frames
     if num_frames is None:
         if not metadata.fps:
-            raise ValueError("sampling 1 frame/s needs the video's fps; pass num_frames= instead.")
+            return np.arange(total)
         num_frames = int(total / metadata.fps * fps)
     num_frames = max(1, min(total, num_frames))
     segment = (total - 1) / num_frames
@@ -162,12 +136,6 @@ class LlavaMiniVideoProcessor(BaseVideoProcessor):
     def sample_frames(self, metadata: VideoMetadata, num_frames=None, fps=None, **kwargs) -> np.ndarray:
         return one_frame_per_second(metadata, fps=fps or self.fps, num_frames=num_frames)
 
-    def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
-        """Decodes with PyAV (torchcodec needs system FFmpeg libraries)."""
-        if isinstance(video_url_or_urls, list):
-            return list(zip(*[self.fetch_videos(x, sample_indices_fn=sample_indices_fn) for x in video_url_or_urls]))
-        return load_video(video_url_or_urls, backend="pyav", sample_indices_fn=sample_indices_fn)
-
     def _frame_processor(self, size, crop_size, resample, image_mean, image_std, rescale_factor) -> CLIPImageProcessorPil:
         return CLIPImageProcessorPil(
             size={"shortest_edge": size.shortest_edge} if size.shortest_edge else dict(size.items()),
@@ -200,7 +168,8 @@ class LlavaMiniVideoProcessor(BaseVideoProcessor):
 class LlavaMiniProcessor(ProcessorMixin):
     r"""LLaVA-Mini processor: `LlavaMiniImageProcessor(Pil)` + `LlavaMiniVideoProcessor` + the tokenizer.
 
-    Each `<image>` in the text becomes `num_vision_tokens` (C*C) image placeholders, each `<video>` T*C*C video
+    Besides the tokenizer's outputs and the pixel values it returns `fusion_mask` (see `__call__`). Each `<image>` in
+    the text becomes `num_vision_tokens` (C*C) image placeholders, each `<video>` T*C*C video
     placeholders (T = sampled frames). The chat template renders the Llama-3.1 format of the release.
 
     Args:
@@ -215,9 +184,18 @@ class LlavaMiniProcessor(ProcessorMixin):
         self.image_token = getattr(tokenizer, "image_token", None) or "<image>"
         self.video_token = getattr(tokenizer, "video_token", None) or "<video>"
         super().__init__(image_processor, video_processor, tokenizer,
-                         chat_template=chat_template if chat_template is not None else CHAT_TEMPLATE, **kwargs)
+                         chat_template=chat_template if chat_template is not None else LLAVA_MINI_CHAT_TEMPLATE, **kwargs)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         self.video_token_id = self.tokenizer.convert_tokens_to_ids(self.video_token)
+
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
+        """As `ProcessorMixin.__call__`, plus `fusion_mask` (a copy of the prompt's attention mask): the tokens the
+        model fuses with the images; tokens appended later (generated ones) are not fused, as in the original."""
+        outputs = super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
+        if "attention_mask" in outputs:
+            mask = outputs["attention_mask"]
+            outputs["fusion_mask"] = mask.clone() if hasattr(mask, "clone") else [list(row) for row in mask]
+        return outputs
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.num_vision_tokens

@@ -2,12 +2,12 @@
 ``TokenizerTester``). The shared runners in ``tests/test_common_tokenizers.py`` (and the Hub tests) are parametrised
 over every tester found here, so a new architecture gets all shared checks by adding one module."""
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from tester_discovery import collect_testers
 
 
 @dataclass
@@ -56,8 +56,4 @@ class TokenizerTester:
 
 
 def all_testers() -> list[TokenizerTester]:
-    testers = []
-    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{module_info.name}")
-        testers.extend(getattr(module, "TESTERS", []))
-    return testers
+    return collect_testers(__name__, __path__)

@@ -1,0 +1,73 @@
+"""Chat templates (jinja) of the multimodal LLMs whose original releases vistok converts.
+
+The templates write the processor's placeholder for every ``{"type": "image"}`` / ``{"type": "video"}`` message part;
+the processor then expands each placeholder into the item's feature tokens.
+"""
+
+# InternVL2.5 (``template: internvl2_5`` of the original code): ChatML turns; an image is ``<IMG_CONTEXT>`` (the
+# processor wraps it in ``<img>...</img>`` with 256 context tokens per tile), a video ``<video>`` (one
+# ``FrameN: <img>...</img>`` line per frame). The original prepends its default system message when the conversation
+# has none.
+INTERNVL2_5_SYSTEM_MESSAGE = (
+    "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
+)
+
+
+def internvl2_5_chat_template(default_system_message: str | None = INTERNVL2_5_SYSTEM_MESSAGE) -> str:
+    system = (
+        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + default_system_message + "<|im_end|>\n{% endif %}"
+        if default_system_message else ""
+    )
+    return system + (
+        "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        "{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' %}<IMG_CONTEXT>\n"
+        "{% elif part['type'] == 'video' %}<video>\n"
+        "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+# VideoLLaMA3: ChatML turns; an image is ``<|image_pad|>`` and a video ``<|video_pad|>`` (the processor expands it to
+# ``Time 0.0s:<pads>,Time 1.0s:<pads>,...``), each followed by a newline like the original ``<image>\n``.
+VIDEOLLAMA3_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|image_pad|>\n"
+    "{% elif part['type'] == 'video' %}<|video_pad|>\n"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+# LLaVA-Mini: the Llama-3.1 chat format as rendered by the release's tokenizer (with its default date lines) and the
+# original's default system prompt (`conv_llava_llama_3_1`); visual items become `<image>` / `<video>` followed by a newline.
+LLAVA_MINI_SYSTEM_PROMPT = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+LLAVA_MINI_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- if messages[0]['content'] is string %}{%- set system = messages[0]['content'] %}"
+    "{%- else %}{%- set system = messages[0]['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}{%- endif %}"
+    "{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system = '" + LLAVA_MINI_SYSTEM_PROMPT + "' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: December 2023\\n"
+    "Today Date: 26 Jul 2024\\n\\n' + system + '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] | trim }}"
+    "{%- else %}{%- for item in message['content'] %}"
+    "{%- if item['type'] == 'image' %}{{- '<image>\\n' }}"
+    "{%- elif item['type'] == 'video' %}{{- '<video>\\n' }}"
+    "{%- elif item['type'] == 'text' %}{{- item['text'] | trim }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)
