@@ -1,6 +1,8 @@
 """LLaVA-Mini: parity with the original code, conversion layouts, compression maths, batching and generation."""
 
 import json
+
+import numpy as np
 import shutil
 
 import pytest
@@ -298,3 +300,122 @@ def test_save_load_round_trip(tmp_path):
         torch.testing.assert_close(loaded.eval()(input_ids=ids, pixel_values=_pixels(1)).logits,
                                    model(input_ids=ids, pixel_values=_pixels(1)).logits)
     assert isinstance(AutoModel.from_pretrained(tmp_path), vistok.LlavaMiniModel)
+
+
+def test_generated_tokens_and_answers_stay_out_of_the_prefusion():
+    """The original fuses only the prompt at generation and masks answer tokens (labels != -100) in training."""
+    model = tiny_model()
+    prompt = [5, *[IMAGE] * 4, 7, 8]
+    full = torch.tensor([prompt + [30, 31]])
+    pixels = _pixels(1)
+    with torch.no_grad():
+        plain_tail = model(input_ids=full, pixel_values=pixels, fusion_mask=torch.ones(1, len(prompt))).logits
+        fused_all = model(input_ids=full, pixel_values=pixels).logits
+        prompt_only = model(input_ids=torch.tensor([prompt]), pixel_values=pixels).logits
+        # the LLM input of the appended tokens is their plain embedding: by hand
+        merged, _ = model.model.merge_multimodal_inputs(torch.tensor([prompt]), pixels)
+        embeds = torch.cat([merged, model.model.embed_text(torch.tensor([[30, 31]]))], dim=1)
+        by_hand = model.lm_head(model.model.language_model(inputs_embeds=embeds).last_hidden_state)
+        labels = torch.tensor([[-100] * len(prompt) + [30, 31]])
+        with_labels = model(input_ids=full, pixel_values=pixels, labels=labels)
+    torch.testing.assert_close(plain_tail, by_hand, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(plain_tail[:, : len(prompt)], prompt_only, atol=1e-5, rtol=1e-5)
+    assert (fused_all[0, -1] - plain_tail[0, -1]).abs().max() > 1e-4
+    torch.testing.assert_close(with_labels.logits, plain_tail, atol=1e-5, rtol=1e-5)
+    expected_loss = torch.nn.functional.cross_entropy(plain_tail[0, len(prompt) - 1 : -1], torch.tensor([30, 31]))
+    torch.testing.assert_close(with_labels.loss, expected_loss, atol=1e-5, rtol=1e-5)
+
+
+# ----- processors -----
+
+
+def test_one_frame_per_second_sampling_hand_values():
+    from transformers.video_utils import VideoMetadata
+
+    from vistok.processing.processing_llava_mini import one_frame_per_second
+
+    # 10 frames at 4 fps -> int(2.5) = 2 frames; segments of 4.5: bounds (0, 4) and (4, 9) (numpy rounds 4.5 to 4)
+    assert one_frame_per_second(VideoMetadata(total_num_frames=10, fps=4.0)).tolist() == [2, 6]
+    # 4 frames at 1 fps: the original's segment middles repeat frame 2 and skip frame 3
+    assert one_frame_per_second(VideoMetadata(total_num_frames=4, fps=1.0)).tolist() == [0, 1, 2, 2]
+    # 90 frames at 30 fps -> 3 frames, segments of 89/3: bounds 0, 30, 59, 89
+    assert one_frame_per_second(VideoMetadata(total_num_frames=90, fps=30.0)).tolist() == [15, 44, 74]
+    # shorter than a second: one frame; unknown fps: the frames are taken as already sampled
+    assert one_frame_per_second(VideoMetadata(total_num_frames=5, fps=30.0)).tolist() == [2]
+    assert one_frame_per_second(VideoMetadata(total_num_frames=3, fps=None)).tolist() == [0, 1, 2]
+
+
+def test_split_image_crops_row_major_then_whole():
+    from vistok.processing.processing_llava_mini import split_image
+
+    array = np.arange(7 * 9 * 3, dtype=np.uint8).reshape(7, 9, 3)
+    views = split_image(Image.fromarray(array), 2)
+    assert len(views) == 5 and np.array_equal(np.asarray(views[-1]), array)
+    # 9 x 7 image, ratio 2: crops of 4 x 3 px at x = 0, 4 and y = 0, 3 (the last column and row are dropped)
+    np.testing.assert_array_equal(np.asarray(views[0]), array[0:3, 0:4])
+    np.testing.assert_array_equal(np.asarray(views[1]), array[0:3, 4:8])
+    np.testing.assert_array_equal(np.asarray(views[2]), array[3:6, 0:4])
+    np.testing.assert_array_equal(np.asarray(views[3]), array[3:6, 4:8])
+
+
+def _rgb(height, width, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def test_image_processors_pil_exact_and_torchvision_close():
+    from transformers import CLIPImageProcessorPil
+
+    from vistok import LlavaMiniImageProcessor, LlavaMiniImageProcessorPil
+
+    sizes = dict(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})
+    images = [_rgb(30, 44), _rgb(52, 26, seed=1)]
+    reference = CLIPImageProcessorPil(**sizes)(images, return_tensors="pt")["pixel_values"]
+    pil = LlavaMiniImageProcessorPil(**sizes)(images, return_tensors="pt")["pixel_values"]
+    fast = LlavaMiniImageProcessor(**sizes)(images, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pil, reference, atol=0, rtol=0)
+    assert pil.shape == (2, 3, 24, 24) and (fast - pil).abs().max() < 0.05
+    # high resolution: each image -> 4 crops + the whole image, each processed like an image
+    high = LlavaMiniImageProcessorPil(**sizes, resolution_ratio=2)(images, return_tensors="pt")["pixel_values"]
+    assert high.shape == (2, 5, 3, 24, 24)
+    torch.testing.assert_close(high[:, -1], reference)
+    crop = CLIPImageProcessorPil(**sizes)(images[0].crop((22, 15, 44, 30)), return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(high[0, 3], crop[0])
+
+
+def test_processor_expands_placeholders_and_renders_the_chat(tmp_path):
+    from mm_testers.llava_mini import LlavaMiniTester
+
+    tester = LlavaMiniTester()
+    processor = tester.get_processor()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert prompt == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+        "Today Date: 26 Jul 2024\n\nYou are a helpful language and vision assistant. You are able to understand the "
+        "visual content that the user provides, and assist the user with a variety of tasks using natural language."
+        "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<image>\nWhat is it?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    video = tester.make_video(num_frames=6)
+    from transformers.video_utils import VideoMetadata
+
+    out = processor(text=["<image><image> and <video>", "<image>"], images=[_rgb(30, 44), _rgb(20, 20), _rgb(24, 24)],
+                    videos=[video], padding=True, return_tensors="pt",
+                    videos_kwargs={"video_metadata": [VideoMetadata(total_num_frames=6, fps=2.0)]})
+    image_id, video_id = processor.image_token_id, processor.video_token_id
+    assert (out["input_ids"] == image_id).sum(-1).tolist() == [8, 4]
+    assert (out["input_ids"] == video_id).sum(-1).tolist() == [12, 0]  # 6 frames at 2 fps -> 3 frames x 4 tokens
+    assert out["pixel_values"].shape == (3, 3, 24, 24) and out["pixel_values_videos"].shape == (1, 3, 3, 24, 24)
+    assert torch.equal(out["fusion_mask"], out["attention_mask"])
+    # frames 1, 2, 4 (segments of 5/3: bounds 0, 2, 3, 5), resized to 24 x 24 with nearest-neighbour interpolation
+    # before the CLIP steps, as the original does
+    frames = torch.from_numpy(video[[1, 2, 4]]).permute(0, 3, 1, 2).float()
+    nearest = torch.nn.functional.interpolate(frames, size=(24, 24)).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    from transformers import CLIPImageProcessorPil
+
+    expected = CLIPImageProcessorPil(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})(
+        [Image.fromarray(f) for f in nearest], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(out["pixel_values_videos"][0], expected, atol=0, rtol=0)
+    processor.save_pretrained(tmp_path)
+    reloaded = tester.reload_processor(tmp_path)
+    assert reloaded.num_vision_tokens == 4 and reloaded.chat_template == processor.chat_template
