@@ -248,7 +248,7 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         )
     vision_config = build_vision_config(vision_shapes, "vision_model.", tower_dir, tower_name, presets)
     config = build_config(original, shapes, vision_config)
-    tokenizer = _load_tokenizer(source)
+    tokenizer = _load_tokenizer(source, config.text_config)
     if tokenizer is not None:
         config.image_token_id, config.video_token_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
     model = LlavaMiniForConditionalGeneration(config).eval()
@@ -281,13 +281,14 @@ def _compare_tower(model, tower_dir: Path, notes: list) -> None:
                 return
 
 
-def _load_tokenizer(source: Path):
+def _load_tokenizer(source: Path, text_config: LlamaConfig):
     """The release's tokenizer (if SOURCE has one) with `<image>` / `<video>` placeholder tokens added."""
     if not any((source / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
         return None
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source)
+    # the config is passed so that SOURCE's config.json (model_type llava_mini_llama) is not consulted
+    tokenizer = AutoTokenizer.from_pretrained(source, config=text_config)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
     if tokenizer.pad_token is None:
         # the original pads with Llama-3.1's <|finetune_right_pad_id|> (id 128004)

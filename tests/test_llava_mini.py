@@ -419,3 +419,30 @@ def test_processor_expands_placeholders_and_renders_the_chat(tmp_path):
     processor.save_pretrained(tmp_path)
     reloaded = tester.reload_processor(tmp_path)
     assert reloaded.num_vision_tokens == 4 and reloaded.chat_template == processor.chat_template
+
+
+def test_conversion_with_the_release_tokenizer(parity_root, tmp_path):
+    """SOURCE with tokenizer files: the converter adds the placeholder tokens and saves a full LlavaMiniProcessor."""
+    from transformers import AutoProcessor
+
+    from mm_testers import make_tiny_tokenizer
+
+    case = _cases(parity_root)[0]
+    source = tmp_path / "release"
+    shutil.copytree(case / "original", source)
+    make_tiny_tokenizer(special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+                        bos_token="<|begin_of_text|>").save_pretrained(source)
+    model = _convert(source, tmp_path / "converted")
+    processor = AutoProcessor.from_pretrained(tmp_path / "converted")
+    assert isinstance(processor, vistok.LlavaMiniProcessor) and processor.num_vision_tokens == model.config.num_vision_tokens
+    assert (processor.image_token_id, processor.video_token_id) == (model.config.image_token_id, model.config.video_token_id)
+    assert processor.tokenizer.padding_side == "left"
+    io = load_file(str(case / "io.safetensors"))
+    image = Image.fromarray(io["image_uint8"][0].numpy())
+    # plain text: the tiny byte-level tokenizer's chat tokens lie outside the fixture's 256-token vocabulary
+    inputs = processor(images=[image], text=["<image>\nWhat is it?"], return_tensors="pt")
+    torch.testing.assert_close(inputs["pixel_values"], io["pixel_values"][:, 0], atol=0.05, rtol=0)
+    assert (inputs["input_ids"] == model.config.image_token_id).sum() == model.config.num_vision_tokens
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
