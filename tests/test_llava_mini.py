@@ -37,23 +37,39 @@ def _convert(source, dest, *extra):
     return model.eval()
 
 
-def expand_original_ids(input_ids: torch.Tensor, per_placeholder: int, token_id: int) -> torch.Tensor:
-    """The original marks an image (or a whole video) with one -200; vistok with one placeholder per vision token."""
+def expand_like_original(values: torch.Tensor, input_ids: torch.Tensor, per_placeholder: int, fill) -> torch.Tensor:
+    """A per-token tensor in the original layout (one -200 per image or whole video) -> vistok's layout (one
+    placeholder per vision token): each -200 position becomes `per_placeholder` copies of `fill`."""
     rows = []
-    for row in input_ids.tolist():
-        rows.append([t for tok in row for t in ([token_id] * per_placeholder if tok == ORIGINAL_IMAGE_TOKEN else [tok])])
+    for value_row, id_row in zip(values.tolist(), input_ids.tolist()):
+        rows.append([x for v, t in zip(value_row, id_row)
+                     for x in ([fill] * per_placeholder if t == ORIGINAL_IMAGE_TOKEN else [v])])
     return torch.tensor(rows)
 
 
 def _original_call(io, config):
-    """vistok keyword arguments equivalent to the original `images=` call of a case."""
+    """vistok inputs equivalent to the original `images=` call of a case: (input_ids, pixel kwargs, placeholders per
+    original -200)."""
     images = io["pixel_values"]
     if images.ndim == 6:  # (B, T, parts, 3, S, S): one video per sample
-        frames = images.shape[1]
-        ids = expand_original_ids(io["input_ids"], frames * config.num_vision_tokens, config.video_token_id)
-        return ids, {"pixel_values_videos": images}
-    ids = expand_original_ids(io["input_ids"], config.num_vision_tokens, config.image_token_id)
-    return ids, {"pixel_values": images[:, 0] if images.shape[1] == 1 else images}
+        per, token_id, pixels = images.shape[1] * config.num_vision_tokens, config.video_token_id, {
+            "pixel_values_videos": images[:, :, 0] if images.shape[2] == 1 else images}
+    else:
+        per, token_id, pixels = config.num_vision_tokens, config.image_token_id, {
+            "pixel_values": images[:, 0] if images.shape[1] == 1 else images}
+    return expand_like_original(io["input_ids"], io["input_ids"], per, token_id), pixels, per
+
+
+def assert_units_close(mine: torch.Tensor, expected: torch.Tensor) -> None:
+    """`mine`: [U, ...] per image/frame. The original may have recorded all units or, for videos, one frame's worth
+    (hooks keep the first or the last call)."""
+    expected = expected.reshape(-1, *mine.shape[1:])
+    if expected.shape[0] == mine.shape[0]:
+        torch.testing.assert_close(mine, expected, **TOL)
+        return
+    k = expected.shape[0]
+    first, last = (mine[:k] - expected).abs().max(), (mine[-k:] - expected).abs().max()
+    assert min(first, last) <= 1e-4 + 1e-4 * expected.abs().max(), (first, last)
 
 
 def test_parity_with_original(parity_root, tmp_path):
@@ -61,34 +77,44 @@ def test_parity_with_original(parity_root, tmp_path):
         io = load_file(str(case / "io.safetensors"))
         model = _convert(case / "original", tmp_path / case.name)
         assert isinstance(model, LlavaMiniForConditionalGeneration)
-        ids, pixels = _original_call(io, model.config)
+        ids, pixels, per = _original_call(io, model.config)
         attention_mask = io.get("attention_mask")
+        if attention_mask is not None:
+            attention_mask = expand_like_original(attention_mask, io["input_ids"], per, 1)
         with torch.no_grad():
             inputs_embeds, features = model.model.merge_multimodal_inputs(ids, attention_mask=attention_mask, **pixels)
             logits = model(input_ids=ids, attention_mask=attention_mask, **pixels).logits
-        if "clip_patch_features" in io and "pixel_values_videos" not in pixels:
-            torch.testing.assert_close(features.last_hidden_state, io["clip_patch_features"], **TOL)
+            if "clip_patch_features" in io:
+                patches = features.last_hidden_state
+                if io["clip_patch_features"].shape[-2] != patches.shape[-2]:  # per view (high-resolution crops)
+                    views = next(iter(pixels.values())).flatten(0, -4)
+                    hidden = model.model.vision_tower(views, output_hidden_states=True).hidden_states
+                    patches = hidden[model.config.vision_feature_layer][:, 1:]
+                assert_units_close(patches, io["clip_patch_features"])
         if "compressor_output" in io:
-            torch.testing.assert_close(
-                features.compressed_tokens.reshape(io["compressor_output"].shape), io["compressor_output"], **TOL
-            )
+            assert_units_close(features.compressed_tokens, io["compressor_output"])
+        if "compressed_tokens_projected" in io:
+            with torch.no_grad():
+                projected = model.model.multi_modal_projector(features.compressed_tokens)
+            assert_units_close(projected, io["compressed_tokens_projected"])
         if "vision_tokens" in io:
-            torch.testing.assert_close(features.pooler_output.reshape(io["vision_tokens"].shape), io["vision_tokens"], **TOL)
-        # fused text: compare the real text positions (the original has one placeholder, vistok C*C per image)
-        original_text = io["input_ids"] > 0
-        vistok_text = (ids != model.config.image_token_id) & (ids != model.config.video_token_id)
+            assert_units_close(features.pooler_output, io["vision_tokens"])
+        # fused text at the original's text positions (ids > 0); vistok has C*C placeholders where it has one -200
+        text = expand_like_original(io["input_ids"] > 0, io["input_ids"], per, False)
         torch.testing.assert_close(
-            features.fused_text_states[vistok_text], io["fused_text_states"][original_text], **TOL
+            features.fused_text_states[text], io["fused_text_states"][io["input_ids"] > 0], **TOL
         )
-        torch.testing.assert_close(inputs_embeds, io["inputs_embeds"], **TOL)
-        torch.testing.assert_close(logits, io["logits"], **TOL)
+        valid = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        torch.testing.assert_close(inputs_embeds[valid], io["inputs_embeds"][valid], **TOL)
+        torch.testing.assert_close(logits[valid], io["logits"][valid], **TOL)
 
         # the CLIP preprocessing with the PIL backend reproduces the original pixels exactly
-        if "image_uint8" in io and io["pixel_values"].ndim == 5 and io["pixel_values"].shape[1] == 1:
+        if "image_uint8" in io and io["pixel_values"].ndim == 5:
             processor = AutoImageProcessor.from_pretrained(tmp_path / case.name, backend="pil")
             images = [Image.fromarray(image.numpy()) for image in io["image_uint8"]]
             pixel_values = processor(images, return_tensors="pt")["pixel_values"]
-            torch.testing.assert_close(pixel_values, io["pixel_values"][:, 0], atol=0, rtol=0)
+            expected = io["pixel_values"][:, 0] if io["pixel_values"].shape[1] == 1 else io["pixel_values"]
+            torch.testing.assert_close(pixel_values, expected, atol=0, rtol=0)
 
 
 def test_compressor_table_matches_the_checkpoint(parity_root):
@@ -131,7 +157,7 @@ def test_sharded_release_layouts(parity_root, tmp_path, drop_tower):
     source = _split_release(case, tmp_path / "release", drop_tower=drop_tower)
     model = _convert(source, tmp_path / "converted")
     io = load_file(str(case / "io.safetensors"))
-    ids, pixels = _original_call(io, model.config)
+    ids, pixels, _ = _original_call(io, model.config)
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids, **pixels).logits, io["logits"], **TOL)
 
