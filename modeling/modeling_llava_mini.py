@@ -178,7 +178,7 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
         self,
         pixel_values: torch.Tensor,
         input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
+        text_mask: torch.Tensor | None = None,
         unit_to_sample: torch.LongTensor | None = None,
     ) -> LlavaMiniVisionOutput:
         """Compression + pre-fusion of U visual units (images or video frames).
@@ -186,7 +186,7 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
         Args:
             pixel_values: [U, 3, S, S] or [U, parts, 3, S, S] (parts = N*N + 1 in high-resolution mode).
             input_ids: [B, L] prompts with placeholders; each unit is fused with the prompt of its sample.
-            attention_mask: [B, L], 0 on padding.
+            text_mask: [B, L], 1 for the tokens that take part in the pre-fusion (0 on padding); placeholders never do.
             unit_to_sample: [U] sample index of every unit (default: unit u belongs to sample u).
         """
         if pixel_values.ndim == 4:
@@ -226,8 +226,8 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
             raise ValueError(f"unit_to_sample has {unit_to_sample.shape[0]} entries for {num_units} visual units.")
         text_embeds = self.embed_text(input_ids)
         text_valid = ~self._placeholder_mask(input_ids)
-        if attention_mask is not None:
-            text_valid &= attention_mask.bool()
+        if text_mask is not None:
+            text_valid &= text_mask.bool()
         unit_text = text_embeds[unit_to_sample].to(vision_prefix.dtype)
         sequence = torch.cat([vision_prefix, unit_text], dim=1)
         valid = torch.cat(
