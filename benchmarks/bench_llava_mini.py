@@ -18,9 +18,7 @@ import sys
 import torch
 from bench_common import count_flops, median_seconds, write_results
 from transformers import LlavaConfig, LlavaForConditionalGeneration
-
 from vistok import LlavaMiniConfig, LlavaMiniForConditionalGeneration
-
 
 PRESETS = {
     # a small stand-in with the release's proportions: 336 px / 14 px CLIP geometry (576 patches), a narrow 32-layer
@@ -82,34 +80,40 @@ def cache_bytes(cache) -> int:
     return total
 
 
+def measure(name: str, kind: str, grid: int | None, preset: dict, dtype, args) -> dict:
+    """FLOPs (eager attention), KV cache and latency (``args.attn``) of one prefill with one image."""
+    model = build(kind, preset, grid, dtype, "eager")
+    inputs, num_vision = inputs_for(kind, model, args.text_tokens, torch.Generator().manual_seed(0))
+    image_kwargs = {} if kind == "llava" else {"input_ids": inputs["input_ids"]}
+
+    def prefill():
+        return model(**inputs, use_cache=True, logits_to_keep=1)
+
+    flops = count_flops(prefill)
+    vision_flops = count_flops(lambda: model.model.get_image_features(inputs["pixel_values"], **image_kwargs))
+    with torch.no_grad():
+        total_cache = cache_bytes(prefill().cache)
+    seq = inputs["input_ids"].shape[1]
+    model.set_attn_implementation(args.attn)
+    seconds = median_seconds(prefill, args.warmup, args.iters, "cpu")
+    return {
+        "model": name, "vision_tokens": num_vision, "llm_sequence": seq,
+        "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
+        "prefill_GFLOPs": round(flops / 1e9, 2), "vision_side_GFLOPs": round(vision_flops / 1e9, 2),
+        "prefill_ms": round(seconds * 1e3, 1), "kv_cache_MiB": round(total_cache / 2**20, 3),
+        # every cached token takes the same room
+        "vision_kv_MiB": round(total_cache * num_vision / seq / 2**20, 3),
+    }
+
+
 def run(args) -> dict:
     preset, dtype = PRESETS[args.preset], getattr(torch, args.dtype)
     torch.set_num_threads(args.threads)
-    rows = []
-    for name, kind, grid in (("LLaVA-1.5 style (576 tokens)", "llava", None),
-                             ("LLaVA-Mini C=1 (1 token)", "mini", 1), ("LLaVA-Mini C=3 (9 tokens)", "mini", 3)):
-        generator = torch.Generator().manual_seed(0)
-        model = build(kind, preset, grid, dtype, "eager")
-        inputs, num_vision = inputs_for(kind, model, args.text_tokens, generator)
-        prefill = lambda: model(**inputs, use_cache=True, logits_to_keep=1)  # noqa: E731
-        flops = count_flops(prefill)
-        vision_flops = count_flops(
-            lambda: model.model.get_image_features(inputs["pixel_values"]) if kind == "llava"
-            else model.model.get_image_features(inputs["pixel_values"], input_ids=inputs["input_ids"]))
-        with torch.no_grad():
-            cache = prefill().cache
-        total_cache = cache_bytes(cache)
-        seq = inputs["input_ids"].shape[1]
-        model.set_attn_implementation(args.attn)
-        seconds = median_seconds(prefill, args.warmup, args.iters, "cpu")
-        rows.append({
-            "model": name, "vision_tokens": num_vision, "llm_sequence": seq,
-            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 1),
-            "prefill_GFLOPs": round(flops / 1e9, 2), "vision_side_GFLOPs": round(vision_flops / 1e9, 2),
-            "prefill_ms": round(seconds * 1e3, 1), "kv_cache_MiB": round(total_cache / 2**20, 3),
-            "vision_kv_MiB": round(total_cache * num_vision / seq / 2**20, 3),
-        })
-        del model, cache
+    rows = [
+        measure(name, kind, grid, preset, dtype, args)
+        for name, kind, grid in (("LLaVA-1.5 style (576 tokens)", "llava", None),
+                                 ("LLaVA-Mini C=1 (1 token)", "mini", 1), ("LLaVA-Mini C=3 (9 tokens)", "mini", 3))
+    ]
     base = rows[0]
     for row in rows:
         row["flops_vs_baseline"] = round(row["prefill_GFLOPs"] / base["prefill_GFLOPs"], 3)
@@ -120,18 +124,19 @@ def run(args) -> dict:
     }
     return {
         "preset": args.preset, "dtype": args.dtype, "attention_for_latency": args.attn, "threads": args.threads,
-        "text_tokens": args.text_tokens, "torch": torch.__version__, "machine": platform.processor() or platform.machine(),
+        "text_tokens": args.text_tokens, "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
         "rows": rows, "vision_kv_MiB_per_image_bf16_formula": formula,
     }
 
 
 def markdown(result: dict) -> str:
     lines = [
-        f"# LLaVA-Mini vs LLaVA-1.5-style prefill ({result['preset']} preset, {result['dtype']}, "
-        f"{result['threads']} CPU thread(s), {result['text_tokens']} text tokens, one image)",
+        (f"# LLaVA-Mini vs LLaVA-1.5-style prefill ({result['preset']} preset, {result['dtype']}, "
+         f"{result['threads']} CPU thread(s), {result['text_tokens']} text tokens, one image)"),
         "",
-        "| model | vision tokens | LLM sequence | params (M) | prefill GFLOPs | of which vision side | x baseline FLOPs | "
-        "prefill ms | x baseline latency | KV cache MiB | vision part of KV MiB |",
+        ("| model | vision tokens | LLM sequence | params (M) | prefill GFLOPs | of which vision side | "
+         "x baseline FLOPs | prefill ms | x baseline latency | KV cache MiB | vision part of KV MiB |"),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
@@ -140,8 +145,8 @@ def markdown(result: dict) -> str:
             f"{r['vision_side_GFLOPs']} | {r['flops_vs_baseline']} | {r['prefill_ms']} | {r['latency_vs_baseline']} | "
             f"{r['kv_cache_MiB']} | {r['vision_kv_MiB']} |"
         )
-    lines += ["", "Vision KV cache per image at the real LLM sizes (bf16, 2 x layers x kv_heads x head_dim x 2 bytes "
-              "per token):", "", "| LLM | 576 tokens | 9 tokens | 1 token |", "|---|---|---|---|"]
+    lines += ["", ("Vision KV cache per image at the real LLM sizes (bf16, 2 x layers x kv_heads x head_dim x 2 bytes "
+                   "per token):"), "", "| LLM | 576 tokens | 9 tokens | 1 token |", "|---|---|---|---|"]
     for llm, values in result["vision_kv_MiB_per_image_bf16_formula"].items():
         lines.append(f"| {llm} | {values[576]} MiB | {values[9]} MiB | {values[1]} MiB |")
     return "\n".join(lines) + "\n"

@@ -35,7 +35,6 @@ from .utils import (
     split_fused_qkv,
 )
 
-
 # CLIP towers named by `mm_vision_tower` in the releases (used when SOURCE has no tower folder with a config)
 CLIP_PRESETS = {
     "openai/clip-vit-large-patch14-336": {
@@ -208,7 +207,9 @@ def _copy_into(target: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor]
         if key not in target:
             raise ConversionError(f"{where}: converted tensor {key!r} does not exist in the model.")
         if tuple(tensor.shape) != tuple(target[key].shape):
-            raise ConversionError(f"{where}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(target[key].shape)}.")
+            raise ConversionError(
+                f"{where}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(target[key].shape)}."
+            )
         if key in filled:
             raise ConversionError(f"{where}: {key} is filled twice.")
         target[key].copy_(tensor.to(target[key].dtype))
@@ -277,7 +278,9 @@ def _compare_tower(model, tower_dir: Path, notes: list) -> None:
     for file in _checkpoint_files(tower_dir):
         for key, tensor in load_checkpoint(file).items():
             if key in tower and not torch.equal(tower[key], tensor.to(tower[key].dtype)):
-                notes.append(f"{tower_dir} differs from the checkpoint's vision tower (first: {key}); used the checkpoint's.")
+                notes.append(
+                    f"{tower_dir} differs from the checkpoint's vision tower (first: {key}); used the checkpoint's."
+                )
                 return
 
 

@@ -62,12 +62,13 @@ class LlavaMiniConfig(PreTrainedConfig):
             )
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(
-                f"vision_feature_select_strategy must be 'default' or 'full', got {self.vision_feature_select_strategy!r}."
+                "vision_feature_select_strategy must be 'default' or 'full', got "
+                f"{self.vision_feature_select_strategy!r}."
             )
         if self.vision_config.hidden_size % self.compressor_num_attention_heads:
             raise ValueError(
-                f"the compressor works at the vision width {self.vision_config.hidden_size}, which must be divisible by "
-                f"compressor_num_attention_heads ({self.compressor_num_attention_heads})."
+                f"the compressor works at the vision width {self.vision_config.hidden_size}, which must be divisible "
+                f"by compressor_num_attention_heads ({self.compressor_num_attention_heads})."
             )
         if self.image_token_id == self.video_token_id:
             raise ValueError(f"image_token_id and video_token_id must differ, both are {self.image_token_id}.")

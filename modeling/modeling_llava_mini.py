@@ -20,9 +20,9 @@ from transformers.modeling_outputs import (
     MultimodalBaseModelOutputWithPast,
     MultimodalCausalLMOutputWithPast,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_llava_mini import LlavaMiniConfig
@@ -39,7 +39,8 @@ class LlavaMiniVisionOutput(BaseModelOutputWithPooling):
             high-resolution mode the N x N crops stitched into one grid; the global view is not included).
         pooler_output (`torch.FloatTensor` of shape `(U, C*C, text_hidden)`): the vision tokens after pre-fusion, i.e.
             what fills the C*C placeholders of each unit.
-        compressed_tokens (`torch.FloatTensor` of shape `(U, C*C, vision_hidden)`): compressor output (before projector).
+        compressed_tokens (`torch.FloatTensor` of shape `(U, C*C, vision_hidden)`): compressor output (before the
+            projector).
         fused_text_states (`torch.FloatTensor` of shape `(B, L, text_hidden)`, *optional*): the text embeddings after
             pre-fusion, averaged over the units of each sample; samples without units, padding and placeholder
             positions keep the plain token embeddings. `None` when no `input_ids` were given.
@@ -165,7 +166,7 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
         features = features.view(num_units, parts, length, dim)
         if parts == 1:
             return features[:, 0], features[:, 0], (side, side)
-        ratio = int(round((parts - 1) ** 0.5))
+        ratio = round((parts - 1) ** 0.5)
         if ratio * ratio + 1 != parts:
             raise ValueError(f"high-resolution input needs N*N crops + 1 global view per image, got {parts} parts.")
         # N x N crops of g x g patches -> one (N*g) x (N*g) grid, row-major
@@ -193,7 +194,8 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
             pixel_values = pixel_values[:, None]
         if pixel_values.ndim != 5:
             raise ValueError(
-                f"pixel_values must be [num_images, 3, S, S] or [num_images, parts, 3, S, S], got {tuple(pixel_values.shape)}."
+                "pixel_values must be [num_images, 3, S, S] or [num_images, parts, 3, S, S], got "
+                f"{tuple(pixel_values.shape)}."
             )
         expected_parts = self.config.resolution_ratio**2 + 1 if self.config.resolution_ratio > 1 else 1
         if pixel_values.shape[1] != expected_parts:
@@ -230,10 +232,8 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
             text_valid &= text_mask.bool()
         unit_text = text_embeds[unit_to_sample].to(vision_prefix.dtype)
         sequence = torch.cat([vision_prefix, unit_text], dim=1)
-        valid = torch.cat(
-            [torch.ones(num_units, prefix_length, dtype=torch.bool, device=sequence.device), text_valid[unit_to_sample]],
-            dim=1,
-        )
+        vision_valid = torch.ones(num_units, prefix_length, dtype=torch.bool, device=sequence.device)
+        valid = torch.cat([vision_valid, text_valid[unit_to_sample]], dim=1)
         fused = self._prefusion(sequence, valid)
         vision_tokens = fused[:, prefix_length - num_tokens : prefix_length]
 

@@ -45,7 +45,8 @@ VIDEOLLAMA3_CHAT_TEMPLATE = (
 
 
 # LLaVA-Mini: the Llama-3.1 chat format as rendered by the release's tokenizer (with its default date lines) and the
-# original's default system prompt (`conv_llava_llama_3_1`); visual items become `<image>` / `<video>` followed by a newline.
+# original's default system prompt (`conv_llava_llama_3_1`); visual items become `<image>` / `<video>` followed by a
+# newline.
 LLAVA_MINI_SYSTEM_PROMPT = (
     "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
     "provides, and assist the user with a variety of tasks using natural language."
@@ -54,7 +55,8 @@ LLAVA_MINI_CHAT_TEMPLATE = (
     "{{- bos_token }}"
     "{%- if messages[0]['role'] == 'system' %}"
     "{%- if messages[0]['content'] is string %}{%- set system = messages[0]['content'] %}"
-    "{%- else %}{%- set system = messages[0]['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}{%- endif %}"
+    "{%- else %}{%- set system = messages[0]['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') %}{%- endif %}"
     "{%- set messages = messages[1:] %}"
     "{%- else %}{%- set system = '" + LLAVA_MINI_SYSTEM_PROMPT + "' %}{%- endif %}"
     "{{- '<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: December 2023\\n"

@@ -35,7 +35,9 @@ def split_image(image: Image.Image, ratio: int) -> list[Image.Image]:
     return crops + [image]
 
 
-def one_frame_per_second(metadata: VideoMetadata, fps: float = 1.0, num_frames: int | None = None, **kwargs) -> np.ndarray:
+def one_frame_per_second(
+    metadata: VideoMetadata, fps: float = 1.0, num_frames: int | None = None, **kwargs
+) -> np.ndarray:
     """The original's frame choice: `int(total / video_fps * fps)` frames (at least 1), each the middle of one of equal
     segments of `[0, total - 1]` (numpy rounding of the segment bounds). Frames whose fps is unknown (arrays passed
     without `video_metadata`) are taken as already sampled: all of them are kept."""
@@ -136,7 +138,9 @@ class LlavaMiniVideoProcessor(BaseVideoProcessor):
     def sample_frames(self, metadata: VideoMetadata, num_frames=None, fps=None, **kwargs) -> np.ndarray:
         return one_frame_per_second(metadata, fps=fps or self.fps, num_frames=num_frames)
 
-    def _frame_processor(self, size, crop_size, resample, image_mean, image_std, rescale_factor) -> CLIPImageProcessorPil:
+    def _frame_processor(
+        self, size, crop_size, resample, image_mean, image_std, rescale_factor
+    ) -> CLIPImageProcessorPil:
         return CLIPImageProcessorPil(
             size={"shortest_edge": size.shortest_edge} if size.shortest_edge else dict(size.items()),
             crop_size={"height": crop_size.height, "width": crop_size.width},
@@ -184,7 +188,7 @@ class LlavaMiniProcessor(ProcessorMixin):
         self.image_token = getattr(tokenizer, "image_token", None) or "<image>"
         self.video_token = getattr(tokenizer, "video_token", None) or "<video>"
         super().__init__(image_processor, video_processor, tokenizer,
-                         chat_template=chat_template if chat_template is not None else LLAVA_MINI_CHAT_TEMPLATE, **kwargs)
+                         chat_template=LLAVA_MINI_CHAT_TEMPLATE if chat_template is None else chat_template, **kwargs)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         self.video_token_id = self.tokenizer.convert_tokens_to_ids(self.video_token)
 

@@ -1,22 +1,19 @@
 """LLaVA-Mini: parity with the original code, conversion layouts, compression maths, batching and generation."""
 
 import json
-
-import numpy as np
 import shutil
 
+import numpy as np
 import pytest
 import torch
+import vistok
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoModel, AutoModelForImageTextToText
-
-import vistok  # noqa: F401
 from vistok import LlavaMiniConfig, LlavaMiniForConditionalGeneration
 from vistok.conversion.__main__ import main as convert_main
 from vistok.conversion.utils import ConversionError
 from vistok.modeling.modeling_llava_mini import compressor_position_table
-
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 ORIGINAL_IMAGE_TOKEN = -200  # IMAGE_TOKEN_INDEX of the original code
@@ -357,7 +354,6 @@ def test_generated_tokens_and_answers_stay_out_of_the_prefusion():
 
 def test_one_frame_per_second_sampling_hand_values():
     from transformers.video_utils import VideoMetadata
-
     from vistok.processing.processing_llava_mini import one_frame_per_second
 
     # 10 frames at 4 fps -> int(2.5) = 2 frames; segments of 4.5: bounds (0, 4) and (4, 9) (numpy rounds 4.5 to 4)
@@ -390,7 +386,6 @@ def _rgb(height, width, seed=0):
 
 def test_image_processors_pil_exact_and_torchvision_close():
     from transformers import CLIPImageProcessorPil
-
     from vistok import LlavaMiniImageProcessor, LlavaMiniImageProcessorPil
 
     sizes = dict(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})
@@ -449,9 +444,8 @@ def test_processor_expands_placeholders_and_renders_the_chat(tmp_path):
 
 def test_conversion_with_the_release_tokenizer(parity_root, tmp_path):
     """SOURCE with tokenizer files: the converter adds the placeholder tokens and saves a full LlavaMiniProcessor."""
-    from transformers import AutoProcessor
-
     from mm_testers import make_tiny_tokenizer
+    from transformers import AutoProcessor
 
     case = _cases(parity_root)[0]
     source = tmp_path / "release"
@@ -460,8 +454,9 @@ def test_conversion_with_the_release_tokenizer(parity_root, tmp_path):
                         bos_token="<|begin_of_text|>").save_pretrained(source)
     model = _convert(source, tmp_path / "converted")
     processor = AutoProcessor.from_pretrained(tmp_path / "converted")
-    assert isinstance(processor, vistok.LlavaMiniProcessor) and processor.num_vision_tokens == model.config.num_vision_tokens
-    assert (processor.image_token_id, processor.video_token_id) == (model.config.image_token_id, model.config.video_token_id)
+    config = model.config
+    assert isinstance(processor, vistok.LlavaMiniProcessor) and processor.num_vision_tokens == config.num_vision_tokens
+    assert (processor.image_token_id, processor.video_token_id) == (config.image_token_id, config.video_token_id)
     assert processor.tokenizer.padding_side == "left"
     io = load_file(str(case / "io.safetensors"))
     image = Image.fromarray(io["image_uint8"][0].numpy())

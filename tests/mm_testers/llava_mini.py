@@ -3,7 +3,6 @@ tokens per image or frame), 2 pre-fusion layers and a 2-layer Llama."""
 
 from transformers import AutoImageProcessor, AutoProcessor
 from transformers.video_utils import VideoMetadata
-
 from vistok import (
     LlavaMiniConfig,
     LlavaMiniForConditionalGeneration,
@@ -13,7 +12,6 @@ from vistok import (
 )
 
 from . import MultimodalTester, make_tiny_tokenizer
-
 
 SIZE = 24
 LLAMA3_TOKENS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
@@ -62,7 +60,8 @@ class LlavaMiniTester(MultimodalTester):
 
     def reload_processor(self, path):
         # AutoProcessor reloads the torchvision image backend by default; the PIL one is pixel-exact
-        return AutoProcessor.from_pretrained(path, image_processor=AutoImageProcessor.from_pretrained(path, backend="pil"))
+        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
+        return AutoProcessor.from_pretrained(path, image_processor=image_processor)
 
 
 TESTERS = [LlavaMiniTester()]
