@@ -25,6 +25,9 @@ class LlavaMiniConfig(PreTrainedConfig):
         vision_feature_layer (`int`): CLIP hidden state used as patch features (-2: the penultimate layer).
         vision_feature_select_strategy (`str`): "default" drops the CLS token, "full" keeps it.
         projector_hidden_act (`str`): activation of the 2-layer MLP projector. multimodal_projector_bias (`bool`).
+        vision_chunk_size (`int`, *optional*): images / video frames encoded and fused together; bounds the memory of
+            long videos (the original encodes one frame at a time). `None` encodes all at once. Results do not depend
+            on it.
         image_token_id / video_token_id (`int`): placeholder ids; an image occupies C*C placeholders, a video of T
             frames T*C*C. They need not be inside the text vocabulary: placeholders are never embedded.
     """
@@ -50,6 +53,7 @@ class LlavaMiniConfig(PreTrainedConfig):
     vision_feature_select_strategy: str = "default"
     projector_hidden_act: str = "gelu"
     multimodal_projector_bias: bool = True
+    vision_chunk_size: int | None = 16
     image_token_id: int = 128256
     video_token_id: int = 128257
     tie_word_embeddings: bool = False

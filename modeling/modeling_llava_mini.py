@@ -181,6 +181,7 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         text_mask: torch.Tensor | None = None,
         unit_to_sample: torch.LongTensor | None = None,
+        return_patch_features: bool = True,
     ) -> LlavaMiniVisionOutput:
         """Compression + pre-fusion of U visual units (images or video frames).
 
@@ -189,6 +190,8 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
             input_ids: [B, L] prompts with placeholders; each unit is fused with the prompt of its sample.
             text_mask: [B, L], 1 for the tokens that take part in the pre-fusion (0 on padding); placeholders never do.
             unit_to_sample: [U] sample index of every unit (default: unit u belongs to sample u).
+            return_patch_features: keep the CLIP patch features of every unit in the output (the model's forward
+                does not, so long videos do not hold them).
         """
         if pixel_values.ndim == 4:
             pixel_values = pixel_values[:, None]
@@ -210,43 +213,51 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
                 f"{pixel_values.shape[-2]}x{pixel_values.shape[-1]}."
             )
         pixel_values = pixel_values.to(self.vision_tower.dtype)
-        patches, prefix, grid = self._patch_features(pixel_values)
-        compressed = self.compressor(patches, grid)
-        vision_prefix = self.multi_modal_projector(torch.cat([prefix, compressed], dim=1))
-        num_units, prefix_length = vision_prefix.shape[:2]
-        num_tokens = compressed.shape[1]
-
-        if input_ids is None:
-            # the vision tokens come before the text and attention is causal: they never depend on the prompt
-            fused = self._prefusion(vision_prefix, torch.ones(vision_prefix.shape[:2], dtype=torch.bool,
-                                                              device=vision_prefix.device))
-            return LlavaMiniVisionOutput(last_hidden_state=patches, pooler_output=fused[:, -num_tokens:],
-                                         compressed_tokens=compressed)
-        if unit_to_sample is None:
-            unit_to_sample = torch.arange(num_units, device=input_ids.device)
-        if unit_to_sample.shape[0] != num_units:
-            raise ValueError(f"unit_to_sample has {unit_to_sample.shape[0]} entries for {num_units} visual units.")
-        text_embeds = self.embed_text(input_ids)
-        text_valid = ~self._placeholder_mask(input_ids)
-        if text_mask is not None:
-            text_valid &= text_mask.bool()
-        unit_text = text_embeds[unit_to_sample].to(vision_prefix.dtype)
-        sequence = torch.cat([vision_prefix, unit_text], dim=1)
-        vision_valid = torch.ones(num_units, prefix_length, dtype=torch.bool, device=sequence.device)
-        valid = torch.cat([vision_valid, text_valid[unit_to_sample]], dim=1)
-        fused = self._prefusion(sequence, valid)
-        vision_tokens = fused[:, prefix_length - num_tokens : prefix_length]
-
-        # text states: float32 mean over the units of each sample (the original averages video frames like this)
-        batch_size = input_ids.shape[0]
-        sums = torch.zeros(batch_size, *unit_text.shape[1:], dtype=torch.float32, device=fused.device)
-        sums.index_add_(0, unit_to_sample, fused[:, prefix_length:].float())
-        counts = torch.bincount(unit_to_sample, minlength=batch_size).to(fused.device)
-        fused_text = (sums / counts.clamp(min=1)[:, None, None]).to(text_embeds.dtype)
-        keep_plain = ~text_valid | (counts == 0)[:, None]
-        fused_text = torch.where(keep_plain[..., None], text_embeds, fused_text)
-        return LlavaMiniVisionOutput(last_hidden_state=patches, pooler_output=vision_tokens,
-                                     compressed_tokens=compressed, fused_text_states=fused_text)
+        if input_ids is not None:
+            if unit_to_sample is None:
+                unit_to_sample = torch.arange(pixel_values.shape[0], device=input_ids.device)
+            if unit_to_sample.shape[0] != pixel_values.shape[0]:
+                raise ValueError(
+                    f"unit_to_sample has {unit_to_sample.shape[0]} entries for {pixel_values.shape[0]} visual units."
+                )
+            text_embeds = self.embed_text(input_ids)
+            text_valid = ~self._placeholder_mask(input_ids)
+            if text_mask is not None:
+                text_valid &= text_mask.bool()
+            sums = torch.zeros(*text_embeds.shape, dtype=torch.float32, device=text_embeds.device)
+        # long videos: a chunk of units at a time bounds the activations (the results do not depend on the chunking)
+        step = self.config.vision_chunk_size or pixel_values.shape[0]
+        patches, compressed, vision_tokens = [], [], []
+        for start in range(0, pixel_values.shape[0], step):
+            chunk_patches, prefix, grid = self._patch_features(pixel_values[start : start + step])
+            chunk_compressed = self.compressor(chunk_patches, grid)
+            vision_prefix = self.multi_modal_projector(torch.cat([prefix, chunk_compressed], dim=1))
+            num_units, prefix_length = vision_prefix.shape[:2]
+            valid = torch.ones(num_units, prefix_length, dtype=torch.bool, device=vision_prefix.device)
+            if input_ids is None:
+                # the vision tokens come before the text and attention is causal: they never depend on the prompt
+                fused = self._prefusion(vision_prefix, valid)
+            else:
+                owners = unit_to_sample[start : start + step]
+                sequence = torch.cat([vision_prefix, text_embeds[owners].to(vision_prefix.dtype)], dim=1)
+                fused = self._prefusion(sequence, torch.cat([valid, text_valid[owners]], dim=1))
+                sums.index_add_(0, owners, fused[:, prefix_length:].float())
+            vision_tokens.append(fused[:, prefix_length - chunk_compressed.shape[1] : prefix_length])
+            compressed.append(chunk_compressed)
+            if return_patch_features:
+                patches.append(chunk_patches)
+        output = LlavaMiniVisionOutput(
+            last_hidden_state=torch.cat(patches) if return_patch_features else None,
+            pooler_output=torch.cat(vision_tokens),
+            compressed_tokens=torch.cat(compressed),
+        )
+        if input_ids is not None:
+            # text states: float32 mean over the units of each sample (the original averages video frames like this)
+            counts = torch.bincount(unit_to_sample, minlength=input_ids.shape[0]).to(sums.device)
+            fused_text = (sums / counts.clamp(min=1)[:, None, None]).to(text_embeds.dtype)
+            keep_plain = ~text_valid | (counts == 0)[:, None]
+            output.fused_text_states = torch.where(keep_plain[..., None], text_embeds, fused_text)
+        return output
 
     def _prefusion(self, hidden_states: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Runs the pre-fusion layers over [U, T, H] with a causal mask restricted to ``valid`` keys; positions count
@@ -330,6 +341,7 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
         pixel_values_videos: torch.Tensor | list[torch.Tensor] | None = None,
         attention_mask: torch.Tensor | None = None,
         fusion_mask: torch.Tensor | None = None,
+        return_patch_features: bool = False,
     ) -> tuple[torch.Tensor, LlavaMiniVisionOutput | None]:
         """The language model's input embeddings: fused text with every placeholder replaced by its vision token.
 
@@ -364,7 +376,9 @@ class LlavaMiniModel(LlavaMiniPreTrainedModel):
             units.append(pixels)
             owners.append(self._unit_owners(input_ids, token_id, pixels.shape[0], what))
             kinds.append((token_id, pixels.shape[0]))
-        features = self.encode_visual_units(torch.cat(units), input_ids, text_mask, torch.cat(owners))
+        features = self.encode_visual_units(
+            torch.cat(units), input_ids, text_mask, torch.cat(owners), return_patch_features=return_patch_features
+        )
         inputs_embeds = features.fused_text_states.to(inputs_embeds.dtype)
         start = 0
         for token_id, count in kinds:

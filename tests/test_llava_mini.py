@@ -79,7 +79,9 @@ def test_parity_with_original(parity_root, tmp_path):
         if attention_mask is not None:
             attention_mask = expand_like_original(attention_mask, io["input_ids"], per, 1)
         with torch.no_grad():
-            inputs_embeds, features = model.model.merge_multimodal_inputs(ids, attention_mask=attention_mask, **pixels)
+            inputs_embeds, features = model.model.merge_multimodal_inputs(
+                ids, attention_mask=attention_mask, return_patch_features=True, **pixels
+            )
             logits = model(input_ids=ids, attention_mask=attention_mask, **pixels).logits
             if "clip_patch_features" in io:
                 patches = features.last_hidden_state
@@ -238,6 +240,18 @@ def test_mixed_batch_equals_items_one_by_one():
     with torch.no_grad():
         other = model(input_ids=torch.tensor([prompts[1]]), pixel_values=_pixels(1, seed=7)).logits
     assert (other[0] - batch_logits[1, -len(prompts[1]):]).abs().max() > 1e-3
+
+
+def test_chunked_encoding_gives_the_same_results():
+    """`vision_chunk_size` bounds memory for long videos; every chunking gives the same logits."""
+    img, vid = [IMAGE] * 4, [VIDEO] * 4
+    ids, mask = _left_pad([[5, *img, 6, *img, 7], [8, *vid * 3, 9, 10], [11, 12]])
+    inputs = dict(input_ids=ids, attention_mask=mask, pixel_values=_pixels(2, seed=8),
+                  pixel_values_videos=_pixels(3, seed=9)[None])
+    with torch.no_grad():
+        logits = {size: tiny_model(vision_chunk_size=size)(**inputs).logits for size in (None, 1, 2)}
+    torch.testing.assert_close(logits[1], logits[None], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits[2], logits[None], atol=1e-5, rtol=1e-5)
 
 
 def test_vision_tokens_do_not_depend_on_the_prompt():
