@@ -178,8 +178,10 @@ def build_config(original: dict, shapes: dict, vision_config: CLIPVisionConfig) 
             f"image_aspect_ratio {original['image_aspect_ratio']!r} is not supported; the release uses 'square'."
         )
     select = original.get("mm_vision_select_feature", "patch")
-    if select not in ("patch", "cls_patch"):
-        raise ConversionError(f"mm_vision_select_feature must be 'patch' or 'cls_patch', got {select!r}.")
+    if select != "patch":
+        raise ConversionError(
+            f"mm_vision_select_feature must be 'patch' (the compressor needs a square grid), got {select!r}."
+        )
     queries, dim = _require(shapes, "model.compressor.query", "compressor queries")
     grid = math.isqrt(queries)
     if grid * grid != queries or dim != vision_config.hidden_size:
@@ -195,7 +197,7 @@ def build_config(original: dict, shapes: dict, vision_config: CLIPVisionConfig) 
         num_prefusion_layers=_count(shapes, r"model\.prefusion_layers\.(\d+)\."),
         resolution_ratio=int(original.get("resolution_ratio", 1)),
         vision_feature_layer=int(original.get("mm_vision_select_layer", -2)),
-        vision_feature_select_strategy="default" if select == "patch" else "full",
+        vision_feature_select_strategy="default",
         image_token_id=text_config.vocab_size,
         video_token_id=text_config.vocab_size + 1,
         tie_word_embeddings=text_config.tie_word_embeddings,

@@ -23,7 +23,8 @@ class LlavaMiniConfig(PreTrainedConfig):
         resolution_ratio (`int`): N; N > 1 is the high-resolution mode: an image is split into N x N crops plus the
             whole image, the crop features are stitched into one (N*g) x (N*g) grid before compression.
         vision_feature_layer (`int`): CLIP hidden state used as patch features (-2: the penultimate layer).
-        vision_feature_select_strategy (`str`): "default" drops the CLS token, "full" keeps it.
+        vision_feature_select_strategy (`str`): "default": the CLS token is dropped (the only choice the compressor's
+            square grid allows).
         projector_hidden_act (`str`): activation of the 2-layer MLP projector. multimodal_projector_bias (`bool`).
         vision_chunk_size (`int`, *optional*): images / video frames encoded and fused together; bounds the memory of
             long videos (the original encodes one frame at a time). `None` encodes all at once. Results do not depend
@@ -64,10 +65,10 @@ class LlavaMiniConfig(PreTrainedConfig):
                 f"compressor_grid_size and resolution_ratio must be >= 1, got {self.compressor_grid_size} and "
                 f"{self.resolution_ratio}."
             )
-        if self.vision_feature_select_strategy not in ("default", "full"):
+        if self.vision_feature_select_strategy != "default":
             raise ValueError(
-                "vision_feature_select_strategy must be 'default' or 'full', got "
-                f"{self.vision_feature_select_strategy!r}."
+                "vision_feature_select_strategy must be 'default' (the compressor needs the square patch grid without "
+                f"the CLS token), got {self.vision_feature_select_strategy!r}."
             )
         if self.vision_config.hidden_size % self.compressor_num_attention_heads:
             raise ValueError(
