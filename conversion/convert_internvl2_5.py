@@ -189,14 +189,19 @@ def shard_converter(family: str, text: dict):
     return convert_shard
 
 
-def find_tokenizer(folder: Path):
-    """The release's tokenizer (None without tokenizer files) with InternVL's image tokens as named special tokens.
-    InternLM2.5-based releases ship a remote-code ``InternLM2Tokenizer``; its sentencepiece model is read as a Llama
-    tokenizer instead."""
+def load_internlm2_tokenizer(folder: Path, **kwargs):
+    """``InternLM2Tokenizer`` (remote code) is a sentencepiece tokenizer that prepends ``<s>``: read as a Llama one."""
     from transformers import LlamaTokenizer
 
-    tokenizer = load_release_tokenizer(folder, IMAGE_SPECIAL_TOKENS, {"InternLM2Tokenizer": LlamaTokenizer,
-                                                                       "InternLM2TokenizerFast": LlamaTokenizer})
+    config = load_config_file(folder / "tokenizer_config.json")
+    return LlamaTokenizer.from_pretrained(folder, add_bos_token=config.get("add_bos_token", True),
+                                          add_eos_token=config.get("add_eos_token", False), **kwargs)
+
+
+def find_tokenizer(folder: Path):
+    """The release's tokenizer (None without tokenizer files) with InternVL's image tokens as named special tokens."""
+    loaders = {"InternLM2Tokenizer": load_internlm2_tokenizer, "InternLM2TokenizerFast": load_internlm2_tokenizer}
+    tokenizer = load_release_tokenizer(folder, IMAGE_SPECIAL_TOKENS, loaders)
     if tokenizer is not None:
         vocab = tokenizer.get_vocab()
         missing = [t for t in IMAGE_SPECIAL_TOKENS.values() if t != "<video>" and t not in vocab]
@@ -215,7 +220,8 @@ def image_token_id(tokenizer, vocab_size: int, overrides: dict, notes: list) -> 
     else:
         token_id = vocab_size - 1
         notes.append(f"no tokenizer files: assumed <img>, </img>, <IMG_CONTEXT> are the last three ids "
-                     f"({vocab_size - 3}..{token_id}); pass --preset-overrides '{{\"internvl2_5\": {{\"image_token_id\": N}}}}' otherwise")
+                     f"({vocab_size - 3}..{token_id}); otherwise pass --preset-overrides with "
+                     '{"internvl2_5": {"image_token_id": N}}')
     return token_id
 
 
@@ -285,8 +291,9 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     if tokenizer is not None:  # the chat turn ends with <|im_end|> (what the original chat() stops on)
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
-        model.generation_config.eos_token_id = list(dict.fromkeys([*eos, tokenizer.convert_tokens_to_ids("<|im_end|>")]))
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        model.generation_config.eos_token_id = list(dict.fromkeys([*eos, im_end]))
     for note in notes:
         logger.warning(note)
-    return ConversionResult(model=model, processors=build_processors(original, vision, tokenizer, image_seq_length, notes),
-                            notes=notes)
+    processors = build_processors(original, vision, tokenizer, image_seq_length, notes)
+    return ConversionResult(model=model, processors=processors, notes=notes)

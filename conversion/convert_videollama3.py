@@ -103,7 +103,8 @@ def find_tokenizer(folder: Path):
 def token_ids(original: dict, tokenizer, vocab_size: int, overrides: dict, notes: list) -> tuple[int, int]:
     image_id = tokenizer.image_token_id if tokenizer is not None else original.get("image_token_index", 151665)
     if image_id != original.get("image_token_index", image_id):
-        raise ConversionError(f"tokenizer <image> id {image_id} != config image_token_index {original['image_token_index']}.")
+        raise ConversionError(f"tokenizer <image> id {image_id} != config image_token_index "
+                              f"{original['image_token_index']}.")
     if "video_token_id" in overrides:
         video_id = int(overrides["video_token_id"])
     elif tokenizer is not None:
@@ -122,8 +123,11 @@ def token_ids(original: dict, tokenizer, vocab_size: int, overrides: dict, notes
 def build_processors(folder: Path, original: dict, patch_size: int, tokenizer) -> list:
     from transformers import VideoLlama3ImageProcessorPil
 
-    image_config = load_config_file(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
-    processor_config = load_config_file(folder / "processor_config.json") if (folder / "processor_config.json").is_file() else {}
+    def optional_config(name: str) -> dict:
+        return load_config_file(folder / name) if (folder / name).is_file() else {}
+
+    image_config = optional_config("preprocessor_config.json")
+    processor_config = optional_config("processor_config.json")
     if image_config.get("patch_size", patch_size) != patch_size:
         raise ConversionError(f"preprocessor patch_size {image_config['patch_size']} != weights' {patch_size}.")
     min_tokens, max_tokens = image_config.get("min_tokens", 16), image_config.get("max_tokens", 16384)

@@ -232,7 +232,7 @@ def save_conversion(
         logger.info("pushing %s to the Hub repo %s", dest, push_to_hub)
         api = HfApi()
         api.create_repo(push_to_hub, exist_ok=True)
-        api.upload_folder(repo_id=push_to_hub, folder_path=dest, commit_message="Upload converted model (vistok-convert)")
+        api.upload_folder(repo_id=push_to_hub, folder_path=dest, commit_message="Upload model converted by vistok")
     return dest
 
 
@@ -242,7 +242,8 @@ def verify_saved_model(dest: Path, model_class: type) -> None:
 
     config = AutoConfig.from_pretrained(dest)
     if not isinstance(config, model_class.config_class):
-        raise ConversionError(f"{dest} reloads as {type(config).__name__}, expected {model_class.config_class.__name__}.")
+        raise ConversionError(
+            f"{dest} reloads as {type(config).__name__}, expected {model_class.config_class.__name__}.")
     _, info = model_class.from_pretrained(dest, output_loading_info=True)
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
@@ -268,6 +269,10 @@ def checkpoint_files(source: str | Path) -> list[Path]:
     return [find_checkpoint_file(source, preferred=("model.safetensors", "pytorch_model.bin"))]
 
 
+SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
+                      "I32": "int32", "BOOL": "bool"}
+
+
 def read_checkpoint_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """``{key: (shape, dtype)}`` of every tensor in ``files`` without reading the data (safetensors headers; ``.bin``
     files are memory-mapped)."""
@@ -279,9 +284,7 @@ def read_checkpoint_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...]
             with safe_open(str(path), framework="pt") as handle:
                 for key in handle.keys():
                     tensor_slice = handle.get_slice(key)
-                    dtype = getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
-                                            "I64": "int64", "I32": "int32", "BOOL": "bool"}.get(tensor_slice.get_dtype(),
-                                                                                                 "float32"))
+                    dtype = getattr(torch, SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), "float32"))
                     shapes[key] = (tuple(tensor_slice.get_shape()), dtype)
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -350,7 +353,8 @@ def llm_config_fields(llm: dict) -> dict:
     rope = {"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 10000.0))}
     scaling = llm.get("rope_scaling")
     if scaling:
-        rope |= {k: v for k, v in scaling.items() if k != "type"} | {"rope_type": scaling.get("rope_type", scaling.get("type"))}
+        rope_type = scaling.get("rope_type", scaling.get("type"))
+        rope |= {k: v for k, v in scaling.items() if k != "type"} | {"rope_type": rope_type}
     return {k: llm[k] for k in LLM_CONFIG_FIELDS if k in llm} | {"rope_parameters": rope}
 
 
@@ -361,13 +365,13 @@ def require_shape(shapes: dict, key: str, release: str) -> tuple[int, ...]:
     return shapes[key][0]
 
 
-def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], class_overrides: dict | None = None):
+def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], loaders: dict | None = None):
     """The tokenizer of an original release, loaded without its remote code, with ``named_tokens``
     (``{"image_token": "<image>", ...}``) as named special tokens (``tokenizer.image_token`` / ``image_token_id``, kept
     by ``save_pretrained``) as transformers' multimodal processors expect. Returns None without tokenizer files.
 
-    The class comes from ``tokenizer_config.json``'s ``tokenizer_class``: a transformers class by name, else
-    ``class_overrides[name]`` (for remote-code tokenizers), else the ``tokenizer.json`` backend."""
+    ``tokenizer_config.json``'s ``tokenizer_class`` picks the loader: ``loaders[name](folder, **kwargs)`` (for
+    remote-code tokenizers), else the transformers class of that name, else the ``tokenizer.json`` backend."""
     from transformers import TokenizersBackend
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
@@ -376,9 +380,35 @@ def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], class_ove
         return None
     config_file = folder / "tokenizer_config.json"
     name = load_config_file(config_file).get("tokenizer_class") if config_file.is_file() else None
-    tokenizer_class = (class_overrides or {}).get(name) or (tokenizer_class_from_name(name) if name else None)
+    kwargs = {"extra_special_tokens": dict(named_tokens)}
+    if name in (loaders or {}):
+        return loaders[name](folder, **kwargs)
+    tokenizer_class = tokenizer_class_from_name(name) if name else None
     if tokenizer_class is None:
         if not (folder / "tokenizer.json").is_file():
             raise ConversionError(f"cannot load tokenizer class {name!r} from {folder} without its remote code.")
         tokenizer_class = TokenizersBackend
-    return tokenizer_class.from_pretrained(folder, extra_special_tokens=dict(named_tokens))
+    return tokenizer_class.from_pretrained(folder, **kwargs)
+
+
+# files a converter may read from a Hub release; code files are never downloaded (nothing in a source is executed)
+SOURCE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.yaml", "*.yml",
+                        "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
+def resolve_source(source: str | Path) -> Path:
+    """``source`` as a local path; a Hub repo id (``org/name``, optionally ``org/name@revision``) that is not a local
+    path is downloaded with ``huggingface_hub.snapshot_download`` (weights, configs and tokenizer files only)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    repo_id, _, revision = str(source).partition("@")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise ConversionError(f"source {source} is neither a local file or folder nor a Hub repo id (org/name).")
+    from huggingface_hub import snapshot_download
+
+    logger.info("downloading %s from the Hub", source)
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=SOURCE_FILE_PATTERNS))
+    except Exception as error:  # offline, missing repo, no access
+        raise ConversionError(f"could not download {source} from the Hub: {error}") from error

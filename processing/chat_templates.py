@@ -14,10 +14,10 @@ INTERNVL2_5_SYSTEM_MESSAGE = (
 def chatml_template(image_placeholder: str, video_placeholder: str, default_system_message: str | None = None) -> str:
     """ChatML turns; each image / video part becomes its placeholder; ``default_system_message`` is prepended as a
     system turn when the conversation starts without one."""
-    system = (
-        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + default_system_message + "<|im_end|>\n{% endif %}"
-        if default_system_message else ""
-    )
+    system = ""
+    if default_system_message:
+        system = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + default_system_message
+                  + "<|im_end|>\n{% endif %}")
     return system + (
         "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
         "{% if message['content'] is string %}{{ message['content'] }}{% else %}"

@@ -156,7 +156,8 @@ def test_device_map_auto_with_cpu_and_disk_offload(tester, saved, tmp_path):
     assert max_diff(logits_of(offloaded, inputs), logits_of(reference, inputs)) < 1e-5
     generate_kwargs = {"max_new_tokens": 3, "do_sample": False}
     with torch.no_grad():
-        assert torch.equal(offloaded.generate(**inputs, **generate_kwargs), reference.generate(**inputs, **generate_kwargs))
+        expected_sequences = reference.generate(**inputs, **generate_kwargs)
+        assert torch.equal(offloaded.generate(**inputs, **generate_kwargs), expected_sequences)
 
 
 # -- numerics ---------------------------------------------------------------------------------------------------------
@@ -319,8 +320,9 @@ def test_image_text_to_text_pipeline_with_images(tester, saved):
     path = saved(tester)
     pipe = pipeline("image-text-to-text", model=str(path))
     images = tester.make_images(2, seed=3)
-    messages = [{"role": "user", "content": [{"type": "image", "image": images[0]}, {"type": "image", "image": images[1]},
-                                             {"type": "text", "text": "Compare the images."}]}]
+    content = [{"type": "image", "image": image} for image in images]
+    content.append({"type": "text", "text": "Compare the images."})
+    messages = [{"role": "user", "content": content}]
     out = pipe(text=messages, max_new_tokens=5, do_sample=False, return_full_text=False)
     processor = pipe.processor
     prompt = tester.build_prompt(processor, num_images=2, question="Compare the images.")

@@ -57,7 +57,8 @@ def test_parity_with_the_original_code(parity_root, tmp_path):
             features = model.model.get_image_features(
                 pixel_values=image["pixel_values"], image_grid_thw=image["image_grid_thw"],
                 image_merge_sizes=image["image_merge_sizes"])
-            assert_close("image_vision_encoder_output", features.last_hidden_state, io["image_vision_encoder_output"], diffs)
+            assert_close("image_vision_encoder_output", features.last_hidden_state,
+                         io["image_vision_encoder_output"], diffs)
             assert_close("image_mm_features", torch.cat(features.pooler_output), io["image_mm_features"], diffs)
             input_ids = io["image_input_ids"]
             logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **image).logits
@@ -87,7 +88,8 @@ def test_parity_with_the_original_code(parity_root, tmp_path):
             features = model.model.get_video_features(
                 pixel_values_videos=video["pixel_values_videos"], video_grid_thw=video["video_grid_thw"],
                 video_merge_sizes=video["video_merge_sizes"])
-            assert_close("video_vision_encoder_output", features.last_hidden_state, io["video_vision_encoder_output"], diffs)
+            assert_close("video_vision_encoder_output", features.last_hidden_state,
+                         io["video_vision_encoder_output"], diffs)
             assert_close("video_mm_features", torch.cat(features.pooler_output), io["video_mm_features"], diffs)
             logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **video).logits
             assert_close("video_logits", logits, io["video_logits"], diffs)

@@ -38,9 +38,9 @@ Optional overrides (defaults in brackets):
 * ``known_failures`` [{}]: ``{check: reason}`` for shared checks the model's (transformers') classes fail today; the
   check runs as a strict xfail with that reason, so a fix upstream shows up. Checks that honour it:
   ``"wrong_pixel_size"``;
-* ``reload_processor(path)``: the processor as a user reloads it to get the saved behaviour exactly
-  [``AutoProcessor.from_pretrained(path)``; InternVL / VideoLLaMA3 pass the PIL image-processor backend, because
-  ``AutoProcessor`` reloads the torchvision backend by default].
+* ``image_processor_backend`` [None]: the image-processor backend (``"pil"`` / ``"torchvision"``) the processor must
+  be reloaded with to behave exactly as saved (``AutoProcessor`` reloads the default, torchvision, backend); used by
+  ``reload_processor(path)``, which may also be overridden.
 
 Module helpers: ``make_tiny_tokenizer``, ``make_char_tokenizer`` (exact vocabulary size, for converted tiny
 checkpoints), ``write_video`` / ``read_video`` (PyAV).
@@ -153,6 +153,7 @@ class MultimodalTester:
     lora_parts: tuple[str, ...] = ("llm", "vision")
     atol: float = 1e-4
     known_failures: dict[str, str] = {}
+    image_processor_backend: str | None = None
 
     # -- to implement ------------------------------------------------------------------------------------------------
     def get_config(self):
@@ -220,9 +221,13 @@ class MultimodalTester:
         return bad
 
     def reload_processor(self, path):
-        from transformers import AutoProcessor
+        from transformers import AutoImageProcessor, AutoProcessor
 
-        return AutoProcessor.from_pretrained(path)
+        if self.image_processor_backend is None:
+            return AutoProcessor.from_pretrained(path)
+        # AutoProcessor(backend=...) would also apply the backend to the video processor, which may lack it
+        image_processor = AutoImageProcessor.from_pretrained(path, backend=self.image_processor_backend)
+        return AutoProcessor.from_pretrained(path, image_processor=image_processor)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
