@@ -5,7 +5,7 @@ import importlib
 import logging
 import sys
 
-from .utils import ConversionError, save_conversion
+from .utils import ConversionError, resolve_source, save_conversion
 
 
 # ARCH -> module (in this package) exposing ``convert(source, config_file, presets_file) -> ConversionResult``
@@ -13,6 +13,8 @@ CONVERTERS = {
     "titok": "convert_titok",
     "flextok": "convert_flextok",
     "maetok": "convert_maetok",
+    "internvl2_5": "convert_internvl2_5",
+    "videollama3": "convert_videollama3",
     "llava-mini": "convert_llava_mini",
 }
 
@@ -23,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert an original released checkpoint into a vistok (transformers) model directory.",
     )
     parser.add_argument("arch", help=f"architecture, one of: {', '.join(sorted(CONVERTERS))}")
-    parser.add_argument("source", help="directory laid out like the release, or a single checkpoint file")
+    parser.add_argument("source", help="directory laid out like the release, a single checkpoint file, or a Hub repo id")
     parser.add_argument("dest", help="output directory, loadable with AutoModel / AutoImageProcessor")
     parser.add_argument("--config", default=None, help="original config (json/yaml) when SOURCE is a single file")
     parser.add_argument(
@@ -43,7 +45,7 @@ def convert(arch, source, dest, config=None, preset_overrides=None, dtype=None, 
     if arch not in CONVERTERS:
         raise ConversionError(f"unknown architecture {arch!r}; choose one of {sorted(CONVERTERS)}.")
     module = importlib.import_module(f".{CONVERTERS[arch]}", __package__)
-    result = module.convert(source, config_file=config, presets_file=preset_overrides)
+    result = module.convert(resolve_source(source), config_file=config, presets_file=preset_overrides)
     return save_conversion(result, dest, dtype=dtype, force=force, push_to_hub=push_to_hub, verify=verify)
 
 

@@ -4,6 +4,7 @@ An architecture's converter (``convert_<arch>.py``) exposes ``convert(source, co
 ConversionResult``; ``vistok-convert`` (``__main__.py``) does the rest through ``save_conversion``.
 """
 
+import gc
 import json
 import logging
 import re
@@ -152,6 +153,21 @@ def rename_state_dict(
     return renamed, unmapped, dropped_keys
 
 
+def raise_if_mismatched(unmapped, unexpected, missing, mismatched) -> None:
+    """Raises a ``ConversionError`` naming every problem of a strict load (keys or ``"key: shapes"`` strings)."""
+    problems = []
+    if unmapped:
+        problems.append(f"source tensors with no mapping: {sorted(unmapped)}")
+    if unexpected:
+        problems.append(f"converted tensors the model does not have: {sorted(unexpected)}")
+    if missing:
+        problems.append(f"model tensors missing from the checkpoint: {sorted(missing)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {mismatched}")
+    if problems:
+        raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+
+
 def split_fused_qkv(state_dict: dict[str, torch.Tensor], pattern: str, template: str) -> dict[str, torch.Tensor]:
     """Splits fused q/k/v projections along their first dimension.
 
@@ -183,17 +199,7 @@ def load_into_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor],
         for k in sorted(set(target) & set(state_dict))
         if tuple(state_dict[k].shape) != tuple(target[k].shape)
     ]
-    problems = []
-    if unmapped:
-        problems.append(f"source tensors with no mapping: {sorted(unmapped)}")
-    if unexpected:
-        problems.append(f"converted tensors the model does not have: {unexpected}")
-    if missing:
-        problems.append(f"model tensors missing from the checkpoint: {missing}")
-    if mismatched:
-        problems.append(f"shape mismatches: {mismatched}")
-    if problems:
-        raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+    raise_if_mismatched(unmapped, unexpected, missing, mismatched)
     for key in tqdm(list(target), desc="copying tensors", disable=len(target) < 200, leave=False):
         target[key].copy_(state_dict[key].to(target[key].dtype))
 
@@ -208,8 +214,9 @@ def save_conversion(
 ) -> Path:
     """Writes the converted model (safetensors) and its processors to ``dest``; optionally pushes them to the Hub.
 
-    Refuses a non-empty ``dest`` unless ``force``. With ``verify``, reloads ``dest`` through the Auto classes and
-    fails if any weight is missing or unused."""
+    Refuses a non-empty ``dest`` unless ``force``. ``result.model`` is released once written. With ``verify``,
+    reloads ``dest`` through the Auto classes and fails if any weight is missing or unused; only then is the folder
+    uploaded (one commit with exactly the files written)."""
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise ConversionError(f"destination {dest} exists and is not a directory.")
@@ -233,13 +240,19 @@ def save_conversion(
     model.save_pretrained(dest, safe_serialization=True)
     for processor in result.processors:
         processor.save_pretrained(dest)
+    model_class = type(model)
+    # release the converted weights first, so the reload below never holds a second copy of an LLM-sized model
+    result.model = model = None
+    gc.collect()
     if verify:
-        verify_saved_model(dest, type(model))
+        verify_saved_model(dest, model_class)
     if push_to_hub:
+        from huggingface_hub import HfApi
+
         logger.info("pushing %s to the Hub repo %s", dest, push_to_hub)
-        model.push_to_hub(push_to_hub)
-        for processor in result.processors:
-            processor.push_to_hub(push_to_hub)
+        api = HfApi()
+        api.create_repo(push_to_hub, exist_ok=True)
+        api.upload_folder(repo_id=push_to_hub, folder_path=dest, commit_message="Upload model converted by vistok")
     return dest
 
 
@@ -249,8 +262,173 @@ def verify_saved_model(dest: Path, model_class: type) -> None:
 
     config = AutoConfig.from_pretrained(dest)
     if not isinstance(config, model_class.config_class):
-        raise ConversionError(f"{dest} reloads as {type(config).__name__}, expected {model_class.config_class.__name__}.")
+        raise ConversionError(
+            f"{dest} reloads as {type(config).__name__}, expected {model_class.config_class.__name__}.")
     _, info = model_class.from_pretrained(dest, output_loading_info=True)
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         raise ConversionError(f"the written model does not reload cleanly: {problems}")
+
+
+# -- large (sharded) checkpoints -------------------------------------------------------------------------------------
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def checkpoint_files(source: str | Path) -> list[Path]:
+    """The weight files of a release: the shards listed by ``model.safetensors.index.json`` (or the ``.bin`` index),
+    else the single checkpoint file of the folder (see ``find_checkpoint_file``)."""
+    source = Path(source)
+    for name in INDEX_FILES if source.is_dir() else ():
+        if (source / name).is_file():
+            weight_map = json.loads((source / name).read_text(encoding="utf-8")).get("weight_map", {})
+            files = sorted({source / shard for shard in weight_map.values()})
+            missing = [f.name for f in files if not f.is_file()]
+            if not files or missing:
+                raise ConversionError(f"{source / name} lists shards that are absent: {missing or 'none listed'}.")
+            return files
+    return [find_checkpoint_file(source, preferred=("model.safetensors", "pytorch_model.bin"))]
+
+
+SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
+                      "I32": "int32", "BOOL": "bool"}
+
+
+def read_checkpoint_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{key: (shape, dtype)}`` of every tensor in ``files`` without reading the data (safetensors headers; ``.bin``
+    files are memory-mapped)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    tensor_slice = handle.get_slice(key)
+                    dtype = getattr(torch, SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), "float32"))
+                    shapes[key] = (tuple(tensor_slice.get_shape()), dtype)
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            shapes.update({key: (tuple(t.shape), t.dtype) for key, t in state.items()})
+    return shapes
+
+
+def count_layers(keys, prefix: str) -> int:
+    """Number of ``<prefix>.<i>.`` blocks among ``keys`` (``prefix`` without the trailing dot); checks they are
+    numbered 0..n-1."""
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    indices = {int(m.group(1)) for key in keys if (m := pattern.match(key))}
+    if indices and indices != set(range(len(indices))):
+        raise ConversionError(f"layers under {prefix} are not numbered 0..n-1: {sorted(indices)}")
+    return len(indices)
+
+
+def build_empty_model(model_class: type, config) -> torch.nn.Module:
+    """``model_class(config)`` without initialising the weights: parameters are allocated but not written (so not
+    resident in memory) until ``load_shards_into_model`` replaces them; buffers computed in ``__init__`` are real."""
+    from transformers.initialization import no_init_weights, no_tie_weights
+
+    with no_init_weights(), no_tie_weights():
+        return model_class(config)
+
+
+def load_shards_into_model(model: torch.nn.Module, files: list[Path], convert_shard) -> None:
+    """Fills ``model`` one checkpoint file at a time, so a sharded release never has two full copies in memory.
+
+    ``convert_shard(state_dict) -> (converted, unmapped, dropped)`` maps one shard's tensors to ``model``'s names (see
+    ``rename_state_dict``). Converted tensors are assigned as the model's parameters (no copy; their dtype is kept).
+    At the end the accounting is strict like ``load_into_model``: every source tensor mapped or dropped on purpose,
+    every model tensor filled once with the right shape; tied weights (``all_tied_weights_keys``) are then tied."""
+    target = model.state_dict()
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    filled, unmapped, unexpected, mismatched = set(), [], [], []
+    for path in tqdm(files, desc="converting shards", disable=len(files) < 2):
+        converted, shard_unmapped, _ = convert_shard(load_checkpoint(path))
+        unmapped.extend(shard_unmapped)
+        for key, tensor in converted.items():
+            if key not in target or key in tied:
+                unexpected.append(key)
+            elif tuple(tensor.shape) != tuple(target[key].shape):
+                mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(target[key].shape)}")
+            elif key in filled:
+                raise ConversionError(f"two source tensors map to {key!r}.")
+        usable = {k: v for k, v in converted.items()
+                  if k in target and k not in tied and tuple(v.shape) == tuple(target[k].shape)}
+        model.load_state_dict(usable, strict=False, assign=True)
+        filled.update(converted)
+        del converted
+    missing = sorted(set(target) - tied - filled)
+    raise_if_mismatched(unmapped, unexpected, missing, mismatched)
+    model.tie_weights()
+
+
+# fields of an original (v4) LLM config that carry over unchanged into a transformers 5 text config
+LLM_CONFIG_FIELDS = ("hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id",
+                     "pad_token_id", "use_sliding_window", "sliding_window", "max_window_layers", "attention_dropout")
+
+
+def llm_config_fields(llm: dict) -> dict:
+    """The ``LLM_CONFIG_FIELDS`` present in ``llm`` plus ``rope_parameters`` built from the v4 ``rope_theta`` /
+    ``rope_scaling`` keys (``{"type": "dynamic", "factor": 2.0}`` -> ``rope_type: dynamic``). Sizes are not copied:
+    converters read them from the weights."""
+    rope = {"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 10000.0))}
+    scaling = llm.get("rope_scaling")
+    if scaling:
+        rope_type = scaling.get("rope_type", scaling.get("type"))
+        rope |= {k: v for k, v in scaling.items() if k != "type"} | {"rope_type": rope_type}
+    return {k: llm[k] for k in LLM_CONFIG_FIELDS if k in llm} | {"rope_parameters": rope}
+
+
+def require_shape(shapes: dict, key: str, release: str) -> tuple[int, ...]:
+    """Shape of ``key`` from ``read_checkpoint_shapes`` output; a ``ConversionError`` naming ``release`` if absent."""
+    if key not in shapes:
+        raise ConversionError(f"the checkpoint has no {key!r}; is this a {release} release?")
+    return shapes[key][0]
+
+
+def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], loaders: dict | None = None):
+    """The tokenizer of an original release, loaded without its remote code, with ``named_tokens``
+    (``{"image_token": "<image>", ...}``) as named special tokens (``tokenizer.image_token`` / ``image_token_id``, kept
+    by ``save_pretrained``) as transformers' multimodal processors expect. Returns None without tokenizer files.
+
+    ``tokenizer_config.json``'s ``tokenizer_class`` picks the loader: ``loaders[name](folder, **kwargs)`` (for
+    remote-code tokenizers), else the transformers class of that name, else the ``tokenizer.json`` backend."""
+    from transformers import TokenizersBackend
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        return None
+    config_file = folder / "tokenizer_config.json"
+    name = load_config_file(config_file).get("tokenizer_class") if config_file.is_file() else None
+    kwargs = {"extra_special_tokens": dict(named_tokens)}
+    if name in (loaders or {}):
+        return loaders[name](folder, **kwargs)
+    tokenizer_class = tokenizer_class_from_name(name) if name else None
+    if tokenizer_class is None:
+        if not (folder / "tokenizer.json").is_file():
+            raise ConversionError(f"cannot load tokenizer class {name!r} from {folder} without its remote code.")
+        tokenizer_class = TokenizersBackend
+    return tokenizer_class.from_pretrained(folder, **kwargs)
+
+
+# files a converter may read from a Hub release; code files are never downloaded (nothing in a source is executed)
+SOURCE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.yaml", "*.yml",
+                        "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
+def resolve_source(source: str | Path) -> Path:
+    """``source`` as a local path; a Hub repo id (``org/name``, optionally ``org/name@revision``) that is not a local
+    path is downloaded with ``huggingface_hub.snapshot_download`` (weights, configs and tokenizer files only)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    repo_id, _, revision = str(source).partition("@")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise ConversionError(f"source {source} is neither a local file or folder nor a Hub repo id (org/name).")
+    from huggingface_hub import snapshot_download
+
+    logger.info("downloading %s from the Hub", source)
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=SOURCE_FILE_PATTERNS))
+    except Exception as error:  # offline, missing repo, no access
+        raise ConversionError(f"could not download {source} from the Hub: {error}") from error

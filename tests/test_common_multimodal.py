@@ -5,14 +5,13 @@ with the other attention kernel, each batch item run alone, a hand-written greed
 processor + generate calls for the pipelines.
 """
 
-import numpy as np
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, pipeline
 
 import vistok  # noqa: F401  (registers vistok's classes)
 from hub_fixtures import fake_hub, hub_client  # noqa: F401  (pytest fixtures)
-from mm_testers import all_testers
+from mm_testers import all_testers, read_video, write_video
 from vistok.modeling.lora import get_lora_parts, get_lora_target_modules
 
 
@@ -157,7 +156,8 @@ def test_device_map_auto_with_cpu_and_disk_offload(tester, saved, tmp_path):
     assert max_diff(logits_of(offloaded, inputs), logits_of(reference, inputs)) < 1e-5
     generate_kwargs = {"max_new_tokens": 3, "do_sample": False}
     with torch.no_grad():
-        assert torch.equal(offloaded.generate(**inputs, **generate_kwargs), reference.generate(**inputs, **generate_kwargs))
+        expected_sequences = reference.generate(**inputs, **generate_kwargs)
+        assert torch.equal(offloaded.generate(**inputs, **generate_kwargs), expected_sequences)
 
 
 # -- numerics ---------------------------------------------------------------------------------------------------------
@@ -320,34 +320,14 @@ def test_image_text_to_text_pipeline_with_images(tester, saved):
     path = saved(tester)
     pipe = pipeline("image-text-to-text", model=str(path))
     images = tester.make_images(2, seed=3)
-    messages = [{"role": "user", "content": [{"type": "image", "image": images[0]}, {"type": "image", "image": images[1]},
-                                             {"type": "text", "text": "Compare the images."}]}]
+    content = [{"type": "image", "image": image} for image in images]
+    content.append({"type": "text", "text": "Compare the images."})
+    messages = [{"role": "user", "content": content}]
     out = pipe(text=messages, max_new_tokens=5, do_sample=False, return_full_text=False)
     processor = pipe.processor
     prompt = tester.build_prompt(processor, num_images=2, question="Compare the images.")
     inputs = tester.prepare_inputs(processor, [prompt], [images])
     assert out[0]["generated_text"] == expected_answer(pipe.model, processor, inputs, 5)
-
-
-def write_video(path, frames: np.ndarray, fps: int = 1) -> None:
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264rgb", rate=fps)
-        stream.height, stream.width = frames.shape[1:3]
-        stream.pix_fmt = "rgb24"
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
-def read_video(path) -> np.ndarray:
-    import av
-
-    with av.open(str(path)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
 @pytest.mark.parametrize("tester", VIDEO_TESTERS, ids=[t.name for t in VIDEO_TESTERS])

@@ -38,9 +38,12 @@ Optional overrides (defaults in brackets):
 * ``known_failures`` [{}]: ``{check: reason}`` for shared checks the model's (transformers') classes fail today; the
   check runs as a strict xfail with that reason, so a fix upstream shows up. Checks that honour it:
   ``"wrong_pixel_size"``;
-* ``reload_processor(path)``: the processor as a user reloads it to get the saved behaviour exactly
-  [``AutoProcessor.from_pretrained(path)``; InternVL / VideoLLaMA3 pass the PIL image-processor backend, because
-  ``AutoProcessor`` reloads the torchvision backend by default].
+* ``image_processor_backend`` [None]: the image-processor backend (``"pil"`` / ``"torchvision"``) the processor must
+  be reloaded with to behave exactly as saved (``AutoProcessor`` reloads the default, torchvision, backend); used by
+  ``reload_processor(path)``, which may also be overridden.
+
+Module helpers: ``make_tiny_tokenizer``, ``make_char_tokenizer`` (exact vocabulary size, for converted tiny
+checkpoints), ``write_video`` / ``read_video`` (PyAV).
 
 Helpers every tester gets: ``make_model(seed)``, ``make_images(n, seed)`` (PIL), ``make_video(num_frames, seed)``
 (uint8 (T, H, W, 3) with some static and some moving content), ``example_inputs(processor, num_images)``.
@@ -84,6 +87,60 @@ def make_tiny_tokenizer(extra_special_tokens: dict[str, str] | None = None, spec
     return tokenizer
 
 
+def make_char_tokenizer(vocab_size: int, special_tokens: dict[int, str], **kwargs):
+    """A character-level tokenizer of exactly ``vocab_size`` ids for converted checkpoints with tiny vocabularies:
+    ``special_tokens`` sit at the given ids, ``<unk>`` is 0, printable ASCII and ``\n`` follow, fillers pad the rest.
+    ``<|endoftext|>`` (if among ``special_tokens``) is pad and eos."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import TokenizersBackend
+
+    chars = [chr(c) for c in range(32, 127)] + ["\n"]
+    vocab, free = {"<unk>": 0}, iter(i for i in range(1, vocab_size) if i not in special_tokens)
+    for char in chars:
+        vocab[char] = next(free)
+    for index in free:
+        vocab[f"<extra_{index}>"] = index
+    vocab |= {token: index for index, token in special_tokens.items()}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()  # characters join without spaces
+    backend.add_special_tokens(list(special_tokens.values()))
+    extra = {"pad_token": "<|endoftext|>", "eos_token": "<|endoftext|>"} if "<|endoftext|>" in vocab else {}
+    return TokenizersBackend(tokenizer_object=backend, unk_token="<unk>", **extra, **kwargs)
+
+
+def write_video(path, frames: np.ndarray, fps: int = 1) -> None:
+    """Writes uint8 (T, H, W, 3) frames to an mp4 with PyAV (lossy h264 rgb)."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264rgb", rate=fps)
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "rgb24"
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def read_video(path) -> np.ndarray:
+    """All frames of a video file as uint8 (T, H, W, 3), decoded with PyAV."""
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def answer_by_hand(model, processor, messages: list, max_new_tokens: int, **media) -> str:
+    """Greedy answer to chat ``messages`` through ``processor`` and ``model.generate`` (the pipeline's reference);
+    ``media``: ``images=[...]`` / ``videos=[...]`` in prompt order."""
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[prompt], return_tensors="pt", **media)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
 class MultimodalTester:
     """How to build and exercise one tiny multimodal LLM (see the module docstring for the contract)."""
 
@@ -96,6 +153,7 @@ class MultimodalTester:
     lora_parts: tuple[str, ...] = ("llm", "vision")
     atol: float = 1e-4
     known_failures: dict[str, str] = {}
+    image_processor_backend: str | None = None
 
     # -- to implement ------------------------------------------------------------------------------------------------
     def get_config(self):
@@ -163,9 +221,13 @@ class MultimodalTester:
         return bad
 
     def reload_processor(self, path):
-        from transformers import AutoProcessor
+        from transformers import AutoImageProcessor, AutoProcessor
 
-        return AutoProcessor.from_pretrained(path)
+        if self.image_processor_backend is None:
+            return AutoProcessor.from_pretrained(path)
+        # AutoProcessor(backend=...) would also apply the backend to the video processor, which may lack it
+        image_processor = AutoImageProcessor.from_pretrained(path, backend=self.image_processor_backend)
+        return AutoProcessor.from_pretrained(path, image_processor=image_processor)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

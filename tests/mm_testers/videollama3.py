@@ -2,8 +2,6 @@
 per patch), videos at merge 2 with DiffFP token pruning; a Qwen2 LLM with a tied or an untied head."""
 
 from transformers import (
-    AutoImageProcessor,
-    AutoProcessor,
     VideoLlama3Config,
     VideoLlama3ForConditionalGeneration,
     VideoLlama3ImageProcessorPil,
@@ -11,7 +9,7 @@ from transformers import (
     VideoLlama3VideoProcessor,
 )
 
-from vistok.processing.chat_templates import VIDEOLLAMA3_CHAT_TEMPLATE
+from vistok.processing.chat_templates import videollama3_chat_template
 
 from . import MultimodalTester, make_tiny_tokenizer
 
@@ -23,6 +21,7 @@ SPECIAL_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"
 class VideoLlama3Tester(MultimodalTester):
     model_class = VideoLlama3ForConditionalGeneration
     supports_video = True
+    image_processor_backend = "pil"  # pixel-exact like the original; AutoProcessor reloads torchvision by default
     lora_parts = ("llm", "vision", "projector")
     known_failures = {
         "wrong_pixel_size": "transformers' VideoLlama3VisionEmbeddings views flattened patches of the wrong length "
@@ -61,12 +60,9 @@ class VideoLlama3Tester(MultimodalTester):
         )
         return VideoLlama3Processor(
             image_processor=image_processor, tokenizer=make_tiny_tokenizer(SPECIAL_TOKENS),
-            video_processor=video_processor, chat_template=VIDEOLLAMA3_CHAT_TEMPLATE,
+            video_processor=video_processor, chat_template=videollama3_chat_template(),
         )
 
-    def reload_processor(self, path):
-        # as for InternVL: the default torchvision backend is not pixel-exact and the video processor has no PIL one
-        return AutoProcessor.from_pretrained(path, image_processor=AutoImageProcessor.from_pretrained(path, backend="pil"))
 
 
 TESTERS = [
