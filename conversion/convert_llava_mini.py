@@ -12,13 +12,10 @@ Sizes come from tensor shapes; attention head counts from the configs (`--preset
 is only known by its hub id).
 """
 
-import json
 import math
-import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from transformers import CLIPVisionConfig, GenerationConfig, LlamaConfig
 
 from ..modeling.configuration_llava_mini import LlavaMiniConfig
@@ -27,11 +24,20 @@ from ..processing.processing_llava_mini import LlavaMiniImageProcessor, LlavaMin
 from .utils import (
     ConversionError,
     ConversionResult,
+    build_empty_model,
+    checkpoint_files,
+    count_layers,
     get_preset,
+    llm_config_fields,
     load_checkpoint,
     load_config_file,
     load_presets,
+    load_release_tokenizer,
+    load_shards_into_model,
+    read_checkpoint_shapes,
     rename_state_dict,
+    require_shape,
+    resolve_source,
     split_fused_qkv,
 )
 
@@ -66,40 +72,8 @@ DROPPED = [r".*\.rotary_emb\.inv_freq", r".*\.embeddings\.position_ids"]
 TOWER_PREFIX = "model.vision_tower.vision_tower."
 
 
-def _checkpoint_files(source: Path) -> list[Path]:
-    index = source / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
-        return [source / name for name in sorted(set(weight_map.values()))]
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (source / name).is_file():
-            return [source / name]
-    raise ConversionError(f"{source} has no model.safetensors, model.safetensors.index.json or pytorch_model.bin.")
-
-
-def _read_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            with safe_open(str(file), "pt") as handle:
-                for key in handle.keys():
-                    shapes[key] = tuple(handle.get_slice(key).get_shape())
-        else:
-            shapes.update({k: tuple(v.shape) for k, v in load_checkpoint(file).items()})
-    return shapes
-
-
-def _count(shapes: dict, pattern: str) -> int:
-    indices = {int(m.group(1)) for key in shapes if (m := re.match(pattern, key))}
-    if indices != set(range(len(indices))):
-        raise ConversionError(f"layer indices matching {pattern!r} are not consecutive: {sorted(indices)}.")
-    return len(indices)
-
-
-def _require(shapes: dict, key: str, why: str) -> tuple[int, ...]:
-    if key not in shapes:
-        raise ConversionError(f"checkpoint lacks {key!r} ({why}); is this a LLaVA-Mini checkpoint?")
-    return shapes[key]
+def _require(shapes: dict, key: str) -> tuple[int, ...]:
+    return require_shape(shapes, key, "LLaVA-Mini")
 
 
 def _tower_folder(source: Path, name: str | None) -> Path | None:
@@ -120,16 +94,16 @@ def build_vision_config(
         fields = fields.get("vision_config", fields)
     else:
         fields = dict(get_preset(presets, str(tower_name), ("num_attention_heads",)))
-    hidden = _require(shapes, prefix + "embeddings.class_embedding", "CLIP class embedding")[0]
-    patch = _require(shapes, prefix + "embeddings.patch_embedding.weight", "CLIP patch embedding")
-    positions = _require(shapes, prefix + "embeddings.position_embedding.weight", "CLIP positions")[0] - 1
+    hidden = _require(shapes, prefix + "embeddings.class_embedding")[0]
+    patch = _require(shapes, prefix + "embeddings.patch_embedding.weight")
+    positions = _require(shapes, prefix + "embeddings.position_embedding.weight")[0] - 1
     grid = math.isqrt(positions)
     if grid * grid != positions:
         raise ConversionError(f"the CLIP tower has {positions} patch positions, not a square grid.")
     sizes = {
         "hidden_size": hidden,
-        "intermediate_size": _require(shapes, prefix + "encoder.layers.0.mlp.fc1.weight", "CLIP MLP")[0],
-        "num_hidden_layers": _count(shapes, re.escape(prefix) + r"encoder\.layers\.(\d+)\."),
+        "intermediate_size": _require(shapes, prefix + "encoder.layers.0.mlp.fc1.weight")[0],
+        "num_hidden_layers": count_layers(shapes, prefix + "encoder.layers"),
         "num_channels": patch[1],
         "patch_size": patch[-1],
         "image_size": grid * patch[-1],
@@ -142,20 +116,20 @@ def build_vision_config(
 
 
 def build_text_config(original: dict, shapes: dict) -> LlamaConfig:
-    vocab, hidden = _require(shapes, "model.embed_tokens.weight", "token embeddings")
+    vocab, hidden = _require(shapes, "model.embed_tokens.weight")
     heads = original.get("num_attention_heads")
     if not heads:
         raise ConversionError("config.json lacks num_attention_heads (not in the weights).")
     head_dim = original.get("head_dim") or hidden // heads
-    q_out = _require(shapes, "model.layers.0.self_attn.q_proj.weight", "attention")[0]
-    k_out = _require(shapes, "model.layers.0.self_attn.k_proj.weight", "attention")[0]
+    q_out = _require(shapes, "model.layers.0.self_attn.q_proj.weight")[0]
+    k_out = _require(shapes, "model.layers.0.self_attn.k_proj.weight")[0]
     if q_out != heads * head_dim:
         raise ConversionError(f"q_proj has {q_out} outputs but config says {heads} heads x {head_dim}.")
     fields = {
         "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": _require(shapes, "model.layers.0.mlp.gate_proj.weight", "MLP")[0],
-        "num_hidden_layers": _count(shapes, r"model\.layers\.(\d+)\."),
+        "intermediate_size": _require(shapes, "model.layers.0.mlp.gate_proj.weight")[0],
+        "num_hidden_layers": count_layers(shapes, "model.layers"),
         "num_attention_heads": heads,
         "num_key_value_heads": k_out // head_dim,
         "head_dim": head_dim,
@@ -163,10 +137,9 @@ def build_text_config(original: dict, shapes: dict) -> LlamaConfig:
         "mlp_bias": "model.layers.0.mlp.gate_proj.bias" in shapes,
         "tie_word_embeddings": "lm_head.weight" not in shapes,
     }
-    for name in ("max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling", "hidden_act",
-                 "bos_token_id", "eos_token_id", "pad_token_id", "initializer_range"):
-        if original.get(name) is not None:
-            fields[name] = original[name]
+    fields |= llm_config_fields(original)
+    if original.get("initializer_range") is not None:
+        fields["initializer_range"] = original["initializer_range"]
     return LlamaConfig(**fields)
 
 
@@ -182,7 +155,7 @@ def build_config(original: dict, shapes: dict, vision_config: CLIPVisionConfig) 
         raise ConversionError(
             f"mm_vision_select_feature must be 'patch' (the compressor needs a square grid), got {select!r}."
         )
-    queries, dim = _require(shapes, "model.compressor.query", "compressor queries")
+    queries, dim = _require(shapes, "model.compressor.query")
     grid = math.isqrt(queries)
     if grid * grid != queries or dim != vision_config.hidden_size:
         raise ConversionError(
@@ -194,7 +167,7 @@ def build_config(original: dict, shapes: dict, vision_config: CLIPVisionConfig) 
         vision_config=vision_config,
         text_config=text_config,
         compressor_grid_size=grid,
-        num_prefusion_layers=_count(shapes, r"model\.prefusion_layers\.(\d+)\."),
+        num_prefusion_layers=count_layers(shapes, "model.prefusion_layers"),
         resolution_ratio=int(original.get("resolution_ratio", 1)),
         vision_feature_layer=int(original.get("mm_vision_select_layer", -2)),
         vision_feature_select_strategy="default",
@@ -204,37 +177,22 @@ def build_config(original: dict, shapes: dict, vision_config: CLIPVisionConfig) 
     )
 
 
-def _copy_into(target: dict[str, torch.Tensor], tensors: dict[str, torch.Tensor], filled: set, where: str) -> None:
-    for key, tensor in tensors.items():
-        if key not in target:
-            raise ConversionError(f"{where}: converted tensor {key!r} does not exist in the model.")
-        if tuple(tensor.shape) != tuple(target[key].shape):
-            raise ConversionError(
-                f"{where}: {key} has shape {tuple(tensor.shape)}, the model expects {tuple(target[key].shape)}."
-            )
-        if key in filled:
-            raise ConversionError(f"{where}: {key} is filled twice.")
-        target[key].copy_(tensor.to(target[key].dtype))
-        filled.add(key)
-
-
-def _convert_tensors(state_dict: dict, rules: list, where: str) -> dict[str, torch.Tensor]:
+def _convert_shard(state_dict: dict[str, torch.Tensor]) -> tuple[dict, list, list]:
+    """One shard of the release, or of a separate CLIP folder (keys `vision_model.*`), in vistok's names."""
+    state_dict = {(TOWER_PREFIX + k if k.startswith("vision_model.") else k): v for k, v in state_dict.items()}
     # nn.MultiheadAttention's packed in-projection -> separate q/k/v projections
     state_dict = split_fused_qkv(state_dict, r"(.*\.attn)\.in_proj_(weight|bias)", "{prefix}.{name}_proj.{kind}")
-    renamed, unmapped, _ = rename_state_dict(state_dict, rules, DROPPED)
-    if unmapped:
-        raise ConversionError(f"{where}: source tensors with no mapping: {sorted(unmapped)}")
-    return renamed
+    return rename_state_dict(state_dict, RULES, DROPPED)
 
 
 def convert(source, config_file=None, presets_file=None) -> ConversionResult:
-    source = Path(source)
+    source = resolve_source(source)
     if not source.is_dir():
         raise ConversionError(f"SOURCE must be a release directory (config.json + weights), got {source}.")
     original = load_config_file(config_file or source / "config.json")
     presets = load_presets(CLIP_PRESETS, presets_file)
-    files = _checkpoint_files(source)
-    shapes = _read_shapes(files)
+    files = checkpoint_files(source)
+    shapes = read_checkpoint_shapes(files)
     tower_name = original.get("mm_vision_tower") or original.get("vision_tower")
     tower_dir = _tower_folder(source, tower_name)
     tower_inside = any(k.startswith(TOWER_PREFIX) for k in shapes)
@@ -242,7 +200,8 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     if tower_inside:
         vision_shapes = {k[len(TOWER_PREFIX):]: v for k, v in shapes.items() if k.startswith(TOWER_PREFIX)}
     elif tower_dir is not None:
-        vision_shapes = _read_shapes(_checkpoint_files(tower_dir))
+        files += checkpoint_files(tower_dir)
+        vision_shapes = read_checkpoint_shapes(checkpoint_files(tower_dir))
         notes.append(f"CLIP tower read from {tower_dir}")
     else:
         raise ConversionError(
@@ -251,22 +210,11 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         )
     vision_config = build_vision_config(vision_shapes, "vision_model.", tower_dir, tower_name, presets)
     config = build_config(original, shapes, vision_config)
-    tokenizer = _load_tokenizer(source, config.text_config)
+    tokenizer = _load_tokenizer(source)
     if tokenizer is not None:
-        config.image_token_id, config.video_token_id = tokenizer.convert_tokens_to_ids(["<image>", "<video>"])
-    model = LlavaMiniForConditionalGeneration(config).eval()
-    target = model.state_dict()
-    filled = set()
-    with torch.no_grad():
-        for file in files:  # one shard in memory at a time
-            _copy_into(target, _convert_tensors(load_checkpoint(file), RULES, file.name), filled, file.name)
-        if not tower_inside:
-            for file in _checkpoint_files(tower_dir):
-                tower = {TOWER_PREFIX + k: v for k, v in load_checkpoint(file).items()}
-                _copy_into(target, _convert_tensors(tower, RULES, file.name), filled, file.name)
-    missing = sorted(set(target) - filled)
-    if missing:
-        raise ConversionError(f"model tensors missing from the checkpoint: {missing}")
+        config.image_token_id, config.video_token_id = tokenizer.image_token_id, tokenizer.video_token_id
+    model = build_empty_model(LlavaMiniForConditionalGeneration, config).eval()
+    load_shards_into_model(model, files, _convert_shard)  # one shard in memory at a time, strict accounting
     if tower_inside and tower_dir is not None:
         _compare_tower(model, tower_dir, notes)
     if (source / "generation_config.json").is_file():
@@ -277,7 +225,7 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
 def _compare_tower(model, tower_dir: Path, notes: list) -> None:
     """The original loader uses the separate tower; say so when it differs from the checkpoint's copy."""
     tower = model.model.vision_tower.state_dict()
-    for file in _checkpoint_files(tower_dir):
+    for file in checkpoint_files(tower_dir):
         for key, tensor in load_checkpoint(file).items():
             if key in tower and not torch.equal(tower[key], tensor.to(tower[key].dtype)):
                 notes.append(
@@ -286,15 +234,12 @@ def _compare_tower(model, tower_dir: Path, notes: list) -> None:
                 return
 
 
-def _load_tokenizer(source: Path, text_config: LlamaConfig):
-    """The release's tokenizer (if SOURCE has one) with `<image>` / `<video>` placeholder tokens added."""
-    if not any((source / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")):
+def _load_tokenizer(source: Path):
+    """The release's tokenizer (if SOURCE has one) with `<image>` / `<video>` placeholder tokens added (ids past the
+    vocabulary: placeholders are never embedded), left padding and the original's pad token."""
+    tokenizer = load_release_tokenizer(source, {"image_token": "<image>", "video_token": "<video>"})
+    if tokenizer is None:
         return None
-    from transformers import AutoTokenizer
-
-    # the config is passed so that SOURCE's config.json (model_type llava_mini_llama) is not consulted
-    tokenizer = AutoTokenizer.from_pretrained(source, config=text_config)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
     if tokenizer.pad_token is None:
         # the original pads with Llama-3.1's <|finetune_right_pad_id|> (id 128004)
         pad = "<|finetune_right_pad_id|>"

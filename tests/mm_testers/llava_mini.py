@@ -1,8 +1,8 @@
 """Tiny LLaVA-Mini (vistok's classes): a CLIP tower of 24 px images in 4 px patches (36 patch tokens), C = 2 (4 vision
 tokens per image or frame), 2 pre-fusion layers and a 2-layer Llama."""
 
-from transformers import AutoImageProcessor, AutoProcessor
 from transformers.video_utils import VideoMetadata
+
 from vistok import (
     LlavaMiniConfig,
     LlavaMiniForConditionalGeneration,
@@ -13,6 +13,7 @@ from vistok import (
 
 from . import MultimodalTester, make_tiny_tokenizer
 
+
 SIZE = 24
 LLAMA3_TOKENS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
 
@@ -22,6 +23,7 @@ class LlavaMiniTester(MultimodalTester):
     model_class = LlavaMiniForConditionalGeneration
     supports_video = True
     lora_parts = ("llm", "vision", "projector")
+    image_processor_backend = "pil"  # pixel-exact; AutoProcessor alone reloads the torchvision backend
 
     def get_tokenizer(self):
         return make_tiny_tokenizer({"image_token": "<image>", "video_token": "<video>"}, special_tokens=LLAMA3_TOKENS,
@@ -58,10 +60,6 @@ class LlavaMiniTester(MultimodalTester):
         return processor(text=prompts, images=flat_images, videos=videos, padding=True, padding_side="left",
                          return_tensors="pt", videos_kwargs={"video_metadata": metadata})
 
-    def reload_processor(self, path):
-        # AutoProcessor reloads the torchvision image backend by default; the PIL one is pixel-exact
-        image_processor = AutoImageProcessor.from_pretrained(path, backend="pil")
-        return AutoProcessor.from_pretrained(path, image_processor=image_processor)
 
 
 TESTERS = [LlavaMiniTester()]
