@@ -244,7 +244,8 @@ def _load_tokenizer(source: Path):
         # the original pads with Llama-3.1's <|finetune_right_pad_id|> (id 128004)
         pad = "<|finetune_right_pad_id|>"
         tokenizer.pad_token = pad if pad in tokenizer.get_vocab() else tokenizer.eos_token
-    tokenizer.padding_side = "left"
+    # batched generation pads on the left; init_kwargs is what save_pretrained writes
+    tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"
     return tokenizer
 
 

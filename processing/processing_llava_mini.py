@@ -138,6 +138,21 @@ class LlavaMiniVideoProcessor(BaseVideoProcessor):
     def sample_frames(self, metadata: VideoMetadata, num_frames=None, fps=None, **kwargs) -> np.ndarray:
         return one_frame_per_second(metadata, fps=fps or self.fps, num_frames=num_frames)
 
+    def _decode_and_sample_videos(self, videos, video_metadata, do_sample_frames=None, sample_indices_fn=None):
+        videos, video_metadata = super()._decode_and_sample_videos(
+            videos, video_metadata, do_sample_frames=do_sample_frames, sample_indices_fn=sample_indices_fn
+        )
+        # decoders return each sampled frame once; the original's indices may repeat a frame (decord keeps repeats)
+        restored = []
+        for video, metadata in zip(videos, video_metadata):
+            indices = getattr(metadata, "frames_indices", None)
+            if indices is not None:
+                unique, inverse = np.unique(np.asarray(indices), return_inverse=True)
+                if len(unique) < len(indices) and len(video) == len(unique):
+                    video = video[torch.from_numpy(inverse) if torch.is_tensor(video) else inverse]
+            restored.append(video)
+        return restored, video_metadata
+
     def _frame_processor(
         self, size, crop_size, resample, image_mean, image_std, rescale_factor
     ) -> CLIPImageProcessorPil:

@@ -456,28 +456,46 @@ def test_processor_expands_placeholders_and_renders_the_chat(tmp_path):
     assert reloaded.num_vision_tokens == 4 and reloaded.chat_template == processor.chat_template
 
 
-def test_conversion_with_the_release_tokenizer(parity_root, tmp_path):
-    """SOURCE with tokenizer files: the converter adds the placeholder tokens and saves a full LlavaMiniProcessor."""
-    from mm_testers import make_tiny_tokenizer
-    from transformers import AutoProcessor
+def test_new_user_converts_a_release_and_runs_the_pipeline(parity_root, tmp_path):
+    """SOURCE with tokenizer files: the converter adds the placeholder tokens and saves a full LlavaMiniProcessor;
+    `pipeline("image-text-to-text")` then answers chat messages with an image and with a video file."""
+    from mm_testers import make_char_tokenizer, write_video
+    from transformers import AutoProcessor, pipeline
 
     case = _cases(parity_root)[0]
     source = tmp_path / "release"
     shutil.copytree(case / "original", source)
-    make_tiny_tokenizer(special_tokens=("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
-                        bos_token="<|begin_of_text|>").save_pretrained(source)
+    vocab_size = json.loads((source / "config.json").read_text())["vocab_size"]
+    specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|endoftext|>"]
+    tokenizer = make_char_tokenizer(vocab_size, {vocab_size - 1 - i: t for i, t in enumerate(specials)},
+                                    bos_token="<|begin_of_text|>")
+    tokenizer.save_pretrained(source)
     model = _convert(source, tmp_path / "converted")
     processor = AutoProcessor.from_pretrained(tmp_path / "converted")
     config = model.config
     assert isinstance(processor, vistok.LlavaMiniProcessor) and processor.num_vision_tokens == config.num_vision_tokens
     assert (processor.image_token_id, processor.video_token_id) == (config.image_token_id, config.video_token_id)
-    assert processor.tokenizer.padding_side == "left"
+    assert processor.tokenizer.padding_side == "left" and config.image_token_id >= vocab_size
+
     io = load_file(str(case / "io.safetensors"))
     image = Image.fromarray(io["image_uint8"][0].numpy())
-    # plain text: the tiny byte-level tokenizer's chat tokens lie outside the fixture's 256-token vocabulary
-    inputs = processor(images=[image], text=["<image>\nWhat is it?"], return_tensors="pt")
-    torch.testing.assert_close(inputs["pixel_values"], io["pixel_values"][:, 0], atol=0.05, rtol=0)
-    assert (inputs["input_ids"] == model.config.image_token_id).sum() == model.config.num_vision_tokens
+    pipe = pipeline("image-text-to-text", model=str(tmp_path / "converted"))
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "Hi"}]}]
+    answer = pipe(text=messages, max_new_tokens=4, do_sample=False, return_full_text=False)[0]["generated_text"]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    assert (inputs["input_ids"] == config.image_token_id).sum() == config.num_vision_tokens
     with torch.no_grad():
-        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-    assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
+        generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert answer == processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    video = np.random.default_rng(0).integers(0, 256, (3, 40, 52, 3), dtype=np.uint8)
+    write_video(tmp_path / "clip.mp4", video, fps=1)
+    messages = [{"role": "user", "content": [{"type": "video", "path": str(tmp_path / "clip.mp4")},
+                                             {"type": "text", "text": "Hi"}]}]
+    out = pipe(text=messages, max_new_tokens=4, do_sample=False, return_full_text=False)
+    assert isinstance(out[0]["generated_text"], str)
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    # 3 s at 1 frame/s -> frames 0, 1, 1 (the original's segment middles), C*C tokens each
+    assert (inputs["input_ids"] == config.video_token_id).sum() == 3 * config.num_vision_tokens
