@@ -239,7 +239,9 @@ def build_processors(original: dict, vision: dict, tokenizer, image_seq_length: 
     if is_torchvision_available():
         from transformers import InternVLVideoProcessor
 
-        processors.append(InternVLVideoProcessor(size=size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD))
+        # the original `load_video` samples `num_segments` (8 by default) frames at segment centres
+        processors.append(InternVLVideoProcessor(size=size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+                                                 do_sample_frames=True, num_frames=8, initial_shift=True))
     if tokenizer is None:
         return processors
     from transformers import InternVLProcessor

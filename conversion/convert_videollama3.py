@@ -149,7 +149,7 @@ def build_processors(folder: Path, original: dict, patch_size: int, tokenizer) -
         from transformers import VideoLlama3VideoProcessor
 
         video_processor = VideoLlama3VideoProcessor(
-            merge_size=video_merge, size=size(video_merge), fps=processor_config.get("fps", 1),
+            merge_size=video_merge, size=size(video_merge), do_sample_frames=True, fps=processor_config.get("fps", 1),
             max_frames=processor_config.get("max_frames", 180),
             use_token_compression=bool(original.get("use_token_compression", True)), **common,
         )
