@@ -1,53 +1,32 @@
 """vistok: visual tokenizers and multimodal models of the recent literature as native transformers models.
 
-``import vistok`` registers every config, model, processor and pipeline with transformers' Auto classes.
+``import vistok`` makes every vistok config, model, processor and pipeline known to transformers' Auto classes
+(`vistok.registry`), without importing them: each class is imported the first time it is used, through the Auto
+classes or as an attribute of this package (``vistok.TiTokModel``).
 """
+
+import importlib
+
+from .registry import exports, register_all
+
 
 __version__ = "0.1.0"
 
-from .modeling import (
-    FLEXTOK_VAE_VARIANTS,
-    FLEXTOK_VARIANTS,
-    FlexTokConfig,
-    FlexTokModel,
-    FlexTokPreTrainedModel,
-)
-from .modeling import LlavaMiniConfig, LlavaMiniForConditionalGeneration, LlavaMiniModel, LlavaMiniPreTrainedModel
-from .modeling import MAETOK_VARIANTS, MAETokConfig, MAETokModel, MAETokPreTrainedModel
-from .modeling import TITOK_VARIANTS, TiTokConfig, TiTokModel, TiTokPreTrainedModel
-from .processing import FlexTokImageProcessor, FlexTokImageProcessorPil
-from .processing import LlavaMiniImageProcessor, LlavaMiniImageProcessorPil, LlavaMiniProcessor, LlavaMiniVideoProcessor
-from .processing import MAETokImageProcessor, MAETokImageProcessorPil
-from .processing import ImageTokenizationPipeline, TiTokImageProcessor, TiTokImageProcessorPil
+register_all()
+
+_EXPORTS = exports()
+__all__ = sorted(_EXPORTS)
 
 
-__all__ = [
-    "FLEXTOK_VAE_VARIANTS",
-    "FLEXTOK_VARIANTS",
-    "FlexTokConfig",
-    "FlexTokImageProcessor",
-    "FlexTokImageProcessorPil",
-    "FlexTokModel",
-    "FlexTokPreTrainedModel",
-    "LlavaMiniConfig",
-    "LlavaMiniForConditionalGeneration",
-    "LlavaMiniImageProcessor",
-    "LlavaMiniImageProcessorPil",
-    "LlavaMiniProcessor",
-    "LlavaMiniVideoProcessor",
-    "LlavaMiniModel",
-    "LlavaMiniPreTrainedModel",
-    "MAETOK_VARIANTS",
-    "MAETokConfig",
-    "MAETokImageProcessor",
-    "MAETokImageProcessorPil",
-    "MAETokModel",
-    "MAETokPreTrainedModel",
-    "TITOK_VARIANTS",
-    "ImageTokenizationPipeline",
-    "TiTokConfig",
-    "TiTokImageProcessor",
-    "TiTokImageProcessorPil",
-    "TiTokModel",
-    "TiTokPreTrainedModel",
-]
+def __getattr__(name):
+    path = _EXPORTS.get(name)
+    if path is None:
+        raise AttributeError(f"module 'vistok' has no attribute {name!r}")
+    module_name, attribute = path.split(":")
+    value = getattr(importlib.import_module(f".{module_name}", __name__), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -32,6 +32,7 @@ from .utils import (
     read_checkpoint_shapes,
     rename_state_dict,
     require_shape,
+    split_fused_qkv,
 )
 
 
@@ -53,7 +54,7 @@ VISION_MAPPING = [
     (_V + r"ls2",                                                 _T + r"lambda_2"),
     (_V + r"norm1\.(weight|bias)",                                _T + r"layernorm_before.\2"),
     (_V + r"norm2\.(weight|bias)",                                _T + r"layernorm_after.\2"),
-    (_V + r"attn\.(q|k|v)\.(weight|bias)",                        _T + r"attention.\2_proj.\3"),  # after split_fused_qkv
+    (_V + r"attn\.(q|k|v)\.(weight|bias)",                        _T + r"attention.\2_proj.\3"),  # split attn.qkv
     (_V + r"attn\.(q_norm|k_norm)\.weight",                       _T + r"attention.\2.weight"),
     (_V + r"attn\.proj\.(weight|bias)",                           _T + r"attention.projection_layer.\2"),
     (_V + r"mlp\.(fc1|fc2)\.(weight|bias)",                       _T + r"mlp.\2.\3"),
@@ -111,7 +112,7 @@ def vision_config(original: dict, shapes: dict) -> dict:
         raise ConversionError("vision_config lacks num_attention_heads (not recoverable from the weights).")
     return {
         "hidden_size": hidden, "num_channels": channels, "patch_size": patch, "image_size": grid * patch,
-        "num_hidden_layers": count_layers(shapes, "vision_model.encoder.layers"),
+        "num_hidden_layers": count_layers(shapes, "vision_model.encoder.layers."),
         "num_attention_heads": vision["num_attention_heads"],
         "intermediate_size": _shape(shapes, prefix + "mlp.fc1.weight")[0],
         "attention_bias": prefix + "attn.qkv.bias" in shapes, "use_qk_norm": has_qk_norm, "norm_type": norm_type,
@@ -133,7 +134,7 @@ def text_config(original: dict, shapes: dict, family: str) -> dict:
         head_dim = llm.get("head_dim") or hidden // heads
         kv_heads = _shape(shapes, prefix + "self_attn.k_proj.weight")[0] // head_dim
         intermediate = _shape(shapes, prefix + "mlp.gate_proj.weight")[0]
-        layers = count_layers(shapes, "language_model.model.layers")
+        layers = count_layers(shapes, "language_model.model.layers.")
         extra = {}  # Qwen2 attention always has q/k/v biases
     else:
         vocab, hidden = _shape(shapes, "language_model.model.tok_embeddings.weight")
@@ -141,7 +142,7 @@ def text_config(original: dict, shapes: dict, family: str) -> dict:
         head_dim = hidden // heads
         kv_heads = (_shape(shapes, prefix + "attention.wqkv.weight")[0] // head_dim - heads) // 2
         intermediate = _shape(shapes, prefix + "feed_forward.w1.weight")[0]
-        layers = count_layers(shapes, "language_model.model.layers")
+        layers = count_layers(shapes, "language_model.model.layers.")
         extra = {"attention_bias": bool(llm.get("bias", False)), "mlp_bias": False, "head_dim": head_dim}
     if llm.get("num_key_value_heads", kv_heads) != kv_heads:
         raise ConversionError(f"llm_config says {llm['num_key_value_heads']} KV heads, the weights have {kv_heads}.")
@@ -150,12 +151,6 @@ def text_config(original: dict, shapes: dict, family: str) -> dict:
         "intermediate_size": intermediate, "num_hidden_layers": layers, "num_attention_heads": heads,
         "num_key_value_heads": kv_heads, "tie_word_embeddings": False,
     }
-
-
-def split_fused_qkv(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-    """ViT ``attn.qkv`` (rows [q; k; v]) -> ``attn.q`` / ``attn.k`` / ``attn.v``."""
-    stem, suffix = key.rsplit(".qkv.", 1)
-    return {f"{stem}.{name}.{suffix}": part.clone() for name, part in zip("qkv", tensor.chunk(3, dim=0))}
 
 
 def split_wqkv(key: str, tensor: torch.Tensor, num_heads: int, num_kv_heads: int) -> dict[str, torch.Tensor]:
@@ -175,15 +170,11 @@ def shard_converter(family: str, text: dict):
     rules = VISION_MAPPING + (QWEN2_MAPPING if family == "qwen2" else INTERNLM2_MAPPING)
 
     def convert_shard(state_dict: dict) -> tuple[dict, list, list]:
-        unfused = {}
-        for key in list(state_dict):
-            tensor = state_dict.pop(key)
-            if key.startswith("vision_model.") and ".attn.qkv." in key:
-                unfused.update(split_fused_qkv(key, tensor))
-            elif key.endswith(".attention.wqkv.weight"):
-                unfused.update(split_wqkv(key, tensor, text["num_attention_heads"], text["num_key_value_heads"]))
-            else:
-                unfused[key] = tensor
+        # ViT `attn.qkv` rows are [q; k; v] -> attn.q / attn.k / attn.v (cloned: each becomes a parameter of its own)
+        unfused = {key: tensor.clone() if ".attn.q." in key or ".attn.k." in key or ".attn.v." in key else tensor
+                   for key, tensor in split_fused_qkv(state_dict, "qkv", ("q", "k", "v")).items()}
+        for key in [k for k in unfused if k.endswith(".attention.wqkv.weight")]:
+            unfused.update(split_wqkv(key, unfused.pop(key), text["num_attention_heads"], text["num_key_value_heads"]))
         return rename_state_dict(unfused, rules)
 
     return convert_shard
@@ -239,7 +230,9 @@ def build_processors(original: dict, vision: dict, tokenizer, image_seq_length: 
     if is_torchvision_available():
         from transformers import InternVLVideoProcessor
 
-        processors.append(InternVLVideoProcessor(size=size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD))
+        # the original `load_video` samples `num_segments` (8 by default) frames at segment centres
+        processors.append(InternVLVideoProcessor(size=size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+                                                 do_sample_frames=True, num_frames=8, initial_shift=True))
     if tokenizer is None:
         return processors
     from transformers import InternVLProcessor
@@ -293,7 +286,5 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         model.generation_config.eos_token_id = list(dict.fromkeys([*eos, im_end]))
-    for note in notes:
-        logger.warning(note)
     processors = build_processors(original, vision, tokenizer, image_seq_length, notes)
     return ConversionResult(model=model, processors=processors, notes=notes)

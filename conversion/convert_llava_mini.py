@@ -103,7 +103,7 @@ def build_vision_config(
     sizes = {
         "hidden_size": hidden,
         "intermediate_size": _require(shapes, prefix + "encoder.layers.0.mlp.fc1.weight")[0],
-        "num_hidden_layers": count_layers(shapes, prefix + "encoder.layers"),
+        "num_hidden_layers": count_layers(shapes, prefix + "encoder.layers."),
         "num_channels": patch[1],
         "patch_size": patch[-1],
         "image_size": grid * patch[-1],
@@ -129,7 +129,7 @@ def build_text_config(original: dict, shapes: dict) -> LlamaConfig:
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": _require(shapes, "model.layers.0.mlp.gate_proj.weight")[0],
-        "num_hidden_layers": count_layers(shapes, "model.layers"),
+        "num_hidden_layers": count_layers(shapes, "model.layers."),
         "num_attention_heads": heads,
         "num_key_value_heads": k_out // head_dim,
         "head_dim": head_dim,
@@ -167,7 +167,7 @@ def build_config(original: dict, shapes: dict, vision_config: CLIPVisionConfig) 
         vision_config=vision_config,
         text_config=text_config,
         compressor_grid_size=grid,
-        num_prefusion_layers=count_layers(shapes, "model.prefusion_layers"),
+        num_prefusion_layers=count_layers(shapes, "model.prefusion_layers."),
         resolution_ratio=int(original.get("resolution_ratio", 1)),
         vision_feature_layer=int(original.get("mm_vision_select_layer", -2)),
         vision_feature_select_strategy="default",
@@ -180,8 +180,9 @@ def build_config(original: dict, shapes: dict, vision_config: CLIPVisionConfig) 
 def _convert_shard(state_dict: dict[str, torch.Tensor]) -> tuple[dict, list, list]:
     """One shard of the release, or of a separate CLIP folder (keys `vision_model.*`), in vistok's names."""
     state_dict = {(TOWER_PREFIX + k if k.startswith("vision_model.") else k): v for k, v in state_dict.items()}
-    # nn.MultiheadAttention's packed in-projection -> separate q/k/v projections
-    state_dict = split_fused_qkv(state_dict, r"(.*\.attn)\.in_proj_(weight|bias)", "{prefix}.{name}_proj.{kind}")
+    # nn.MultiheadAttention's packed in-projection (`attn.in_proj_weight`) -> separate q/k/v projections
+    state_dict = {k.replace(".attn.in_proj_", ".attn.in_proj."): v for k, v in state_dict.items()}
+    state_dict = split_fused_qkv(state_dict, "in_proj", ("q_proj", "k_proj", "v_proj"))
     return rename_state_dict(state_dict, RULES, DROPPED)
 
 

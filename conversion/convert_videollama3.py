@@ -61,7 +61,7 @@ def vision_config(original: dict, shapes: dict) -> dict:
     prefix = "model.vision_encoder.encoder.layers"
     return {
         "hidden_size": hidden, "num_channels": channels, "patch_size": patch,
-        "num_hidden_layers": count_layers(shapes, prefix), "num_attention_heads": vision["num_attention_heads"],
+        "num_hidden_layers": count_layers(shapes, prefix + "."), "num_attention_heads": vision["num_attention_heads"],
         "intermediate_size": _shape(shapes, prefix + ".0.mlp.fc1.weight")[0],
         "hidden_act": vision["hidden_act"], "layer_norm_eps": vision["layer_norm_eps"],
         "attention_dropout": vision["attention_dropout"],
@@ -86,7 +86,7 @@ def text_config(original: dict, shapes: dict) -> dict:
     return llm_config_fields(original) | {
         "model_type": "qwen2", "vocab_size": vocab, "hidden_size": hidden,
         "intermediate_size": _shape(shapes, "model.layers.0.mlp.gate_proj.weight")[0],
-        "num_hidden_layers": count_layers(shapes, "model.layers"), "num_attention_heads": heads,
+        "num_hidden_layers": count_layers(shapes, "model.layers."), "num_attention_heads": heads,
         "num_key_value_heads": kv_heads, "tie_word_embeddings": tied,
     }
 
@@ -149,7 +149,7 @@ def build_processors(folder: Path, original: dict, patch_size: int, tokenizer) -
         from transformers import VideoLlama3VideoProcessor
 
         video_processor = VideoLlama3VideoProcessor(
-            merge_size=video_merge, size=size(video_merge), fps=processor_config.get("fps", 1),
+            merge_size=video_merge, size=size(video_merge), do_sample_frames=True, fps=processor_config.get("fps", 1),
             max_frames=processor_config.get("max_frames", 180),
             use_token_compression=bool(original.get("use_token_compression", True)), **common,
         )
@@ -189,7 +189,5 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     model.eval()
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
-    for note in notes:
-        logger.warning(note)
     return ConversionResult(model=model, processors=build_processors(folder, original, vision["patch_size"], tokenizer),
                             notes=notes)

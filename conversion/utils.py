@@ -7,13 +7,18 @@ ConversionResult``; ``vistok-convert`` (``__main__.py``) does the rest through `
 import gc
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
+
+from ..modeling.layers import split_qkv
 
 
 logger = logging.getLogger("vistok.conversion")
@@ -62,6 +67,20 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def checkpoint_keys(path: str | Path) -> set[str]:
+    """Tensor names of a checkpoint file (safetensors headers only; other formats are loaded)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as handle:
+                return set(handle.keys())
+        except Exception as error:  # corrupt or truncated header
+            raise ConversionError(f"could not read safetensors file {path}: {error}") from error
+    return set(load_checkpoint(path))
+
+
 def find_checkpoint_file(source: Path, preferred: tuple[str, ...] = ()) -> Path:
     """Returns ``source`` if it is a file, else the single checkpoint file of the directory (``preferred`` names
     first, e.g. ``model.safetensors``)."""
@@ -87,13 +106,22 @@ def load_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"config file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(f"could not read config file {path}: {error}") from None
+    if not text.strip():
+        raise ConversionError(f"config file {path} is empty; it should hold the original config.")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as error:  # json.JSONDecodeError, yaml.YAMLError
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        raise ConversionError(f"config file {path} is not valid {kind}: {error}") from None
     if not isinstance(data, dict):
         raise ConversionError(f"config file {path} does not hold a mapping.")
     return data
@@ -122,6 +150,50 @@ def get_preset(presets: dict[str, dict], name: str, required: tuple[str, ...] = 
     if missing:
         raise ConversionError(f"preset {name!r} lacks {missing}; add them with --preset-overrides.")
     return preset
+
+
+def require_tensor(state_dict: dict[str, torch.Tensor], key: str, what: str, role: str | None = None) -> torch.Tensor:
+    """``state_dict[key]``, or a ConversionError saying the source does not look like a ``what`` checkpoint (``role``
+    says what the tensor is for)."""
+    if key not in state_dict:
+        role = f" ({role})" if role else ""
+        raise ConversionError(f"the checkpoint has no tensor {key!r}{role}; is it a {what} checkpoint?")
+    return state_dict[key]
+
+
+def count_layers(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    """Number of numbered blocks under ``prefix`` (keys ``f"{prefix}{i}.…"``); they must be numbered 0..n-1."""
+    indices = {int(key[len(prefix):].split(".")[0]) for key in state_dict if key.startswith(prefix)}
+    if not indices or sorted(indices) != list(range(len(indices))):
+        raise ConversionError(f"the layers under {prefix!r} are missing or not numbered 0..n-1: {sorted(indices)}")
+    return len(indices)
+
+
+def split_fused_qkv(state_dict: dict[str, torch.Tensor], fused: str, parts: tuple[str, str, str]) -> dict:
+    """Splits every tensor whose key has the component ``fused`` (``.qkv.``) into three tensors whose keys have
+    ``parts`` instead (``.q_proj.``, ``.k_proj.``, ``.v_proj.``); other keys are kept."""
+    result = {}
+    for key, tensor in state_dict.items():
+        if f".{fused}." not in key:
+            result[key] = tensor
+            continue
+        try:
+            pieces = split_qkv(tensor, key)
+        except ValueError as error:
+            raise ConversionError(str(error)) from None
+        for part, piece in zip(parts, pieces):
+            result[key.replace(f".{fused}.", f".{part}.")] = piece
+    return result
+
+
+def config_disagreements(declared: dict, from_weights: dict) -> list[str]:
+    """Notes for the conversion summary where the original config declares a value (not None) that the weights
+    contradict; the weights win."""
+    return [
+        f"the original config says {name}={declared[name]!r} but the weights have {value!r}; converted with {value!r}"
+        for name, value in from_weights.items()
+        if declared.get(name) is not None and declared[name] != value
+    ]
 
 
 def rename_state_dict(
@@ -168,40 +240,104 @@ def raise_if_mismatched(unmapped, unexpected, missing, mismatched) -> None:
         raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
 
 
-def split_fused_qkv(state_dict: dict[str, torch.Tensor], pattern: str, template: str) -> dict[str, torch.Tensor]:
-    """Splits fused q/k/v projections along their first dimension.
-
-    ``pattern`` fully matches a fused key with two groups (module prefix, ``weight``/``bias``); ``template`` formats
-    the new key from ``prefix``, ``name`` (q, k or v) and ``kind``. Example (timm): ``r"(.*\\.attn)\\.qkv\\.(weight|bias)"``
-    with ``"{prefix}.{name}.{kind}"``; nn.MultiheadAttention: ``r"(.*)\\.in_proj_(weight|bias)"``,
-    ``"{prefix}.{name}_proj.{kind}"``. Other keys pass through unchanged."""
-    result = {}
-    for key, tensor in state_dict.items():
-        match = re.fullmatch(pattern, key)
-        if match is None:
-            result[key] = tensor
-            continue
-        if tensor.shape[0] % 3:
-            raise ConversionError(f"{key} has shape {tuple(tensor.shape)}; its first dimension must split in 3.")
-        for name, part in zip("qkv", tensor.chunk(3, dim=0)):
-            result[template.format(prefix=match.group(1), name=name, kind=match.group(2))] = part.contiguous()
-    return result
+def _storage(tensor: torch.Tensor):
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
 
 
-def load_into_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], unmapped: list[str] = ()) -> None:
+def load_into_model(
+    model: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    unmapped: list[str] = (),
+    source: dict[str, torch.Tensor] | None = None,
+) -> None:
     """Strictly loads ``state_dict`` into ``model``: every target tensor must be filled with a tensor of the right
-    shape and every source key used, otherwise a ``ConversionError`` names the offending keys."""
+    shape and every source key used, otherwise a ``ConversionError`` names the offending keys. With ``source`` (the
+    original state dict), a shape mismatch also names the original tensor it came from."""
     target = model.state_dict()
+    origin = {}
+    for key, tensor in (source or {}).items():
+        origin.setdefault(_storage(tensor), key)
+    origin.pop(None, None)
+
+    def _from(key: str) -> str:
+        name = origin.get(_storage(state_dict[key]))
+        return f" (source tensor {name!r})" if name and name != key else ""
+
     missing = sorted(set(target) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(target))
     mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
+        f"{k}{_from(k)}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
         for k in sorted(set(target) & set(state_dict))
         if tuple(state_dict[k].shape) != tuple(target[k].shape)
     ]
     raise_if_mismatched(unmapped, unexpected, missing, mismatched)
     for key in tqdm(list(target), desc="copying tensors", disable=len(target) < 200, leave=False):
         target[key].copy_(state_dict[key].to(target[key].dtype))
+
+
+def check_paths(source: str | Path, dest: str | Path, force: bool) -> Path:
+    """Refuses a DEST that would overwrite or nest with SOURCE, a DEST that is a file, and a non-empty DEST without
+    ``force``; returns DEST as a Path."""
+    dest = Path(dest)
+    if source is not None and Path(source).exists():
+        source_path, dest_path = Path(source).resolve(), dest.resolve()
+        if source_path == dest_path or source_path in dest_path.parents or dest_path in source_path.parents:
+            raise ConversionError(
+                f"destination {dest} and source {source} overlap (the same folder, or one inside the other); "
+                "writing there could destroy the original checkpoint. Choose a separate destination folder."
+            )
+    if dest.exists() and not dest.is_dir():
+        raise ConversionError(f"destination {dest} exists and is not a directory.")
+    if dest.exists() and any(dest.iterdir()) and not force:
+        raise ConversionError(f"destination {dest} is not empty; pass --force to overwrite it.")
+    return dest
+
+
+def cast_model(model: torch.nn.Module, dtype: str) -> None:
+    """Casts floating parameters to ``dtype`` ("float32", "bfloat16", "float16") in place, except the modules the
+    model keeps in float32 (``_keep_in_fp32_modules_strict``: codebooks, VAEs)."""
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ConversionError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}.")
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    for name, module in model.named_modules():
+        if any(name == k or name.startswith(k + ".") or name.endswith("." + k) for k in keep):
+            continue
+        for param in module.parameters(recurse=False):
+            if param.is_floating_point():
+                param.data = param.data.to(torch_dtype)
+    model.config.dtype = dtype
+
+
+def _usage_card(model: torch.nn.Module, arch: str | None, source) -> str:
+    name = type(model).__name__
+    header = (f"# {name} converted with vistok\n\nConverted from the original release `{source}` with "
+              f"`vistok-convert {arch or ''}`. ")
+    if type(model).__module__.startswith("transformers."):  # InternVL, VideoLLaMA3, ...: transformers' own classes
+        return header + (
+            f"It uses transformers' own `{model.config.model_type}` classes; load it with transformers alone:\n\n"
+            "```python\nfrom transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
+            'model = AutoModelForImageTextToText.from_pretrained("path/to/this/folder")\n'
+            'processor = AutoProcessor.from_pretrained("path/to/this/folder")\n```\n'
+        )
+    return header + (
+        "Load it with vistok imported (vistok registers the architecture with transformers; without it transformers "
+        f"does not recognize the model type `{model.config.model_type}`):\n\n"
+        "```python\nimport vistok  # registers the vistok architectures\n"
+        "from transformers import AutoModel\n\n"
+        f'model = AutoModel.from_pretrained("path/to/this/folder")\n```\n'
+    )
+
+
+def _make_readable(folder: Path) -> None:
+    """Gives the written files the permissions of a normal file (some writers create them 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def save_conversion(
@@ -211,47 +347,49 @@ def save_conversion(
     force: bool = False,
     push_to_hub: str | None = None,
     verify: bool = True,
+    source: str | Path | None = None,
+    arch: str | None = None,
 ) -> Path:
-    """Writes the converted model (safetensors) and its processors to ``dest``; optionally pushes them to the Hub.
+    """Writes the converted model (safetensors), its processors and a usage card to ``dest``; optionally pushes them
+    to the Hub.
 
-    Refuses a non-empty ``dest`` unless ``force``. ``result.model`` is released once written. With ``verify``,
-    reloads ``dest`` through the Auto classes and fails if any weight is missing or unused; only then is the folder
-    uploaded (one commit with exactly the files written)."""
-    dest = Path(dest)
-    if dest.exists() and not dest.is_dir():
-        raise ConversionError(f"destination {dest} exists and is not a directory.")
-    if dest.exists() and any(dest.iterdir()) and not force:
-        raise ConversionError(f"destination {dest} is not empty; pass --force to overwrite it.")
-    dest.mkdir(parents=True, exist_ok=True)
+    Everything is written to a temporary folder next to ``dest`` and moved into place only when complete (and, with
+    ``verify``, reloaded through the Auto classes without missing or unused weights), so a failed or interrupted
+    conversion leaves ``dest`` as it was. ``result.model`` is released before that reload, so an LLM-sized model is
+    never held twice. ``dest`` must not overlap ``source``; a non-empty ``dest`` is replaced only
+    with ``force``."""
+    dest = check_paths(source, dest, force)
     model = result.model
     if dtype is not None:
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-        if torch_dtype is None:
-            raise ConversionError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}.")
-        keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
-        for name, module in model.named_modules():
-            if any(name == k or name.startswith(k + ".") or name.endswith("." + k) for k in keep):
-                continue
-            for param in module.parameters(recurse=False):
-                if param.is_floating_point():
-                    param.data = param.data.to(torch_dtype)
-        model.config.dtype = dtype
-    logger.info("writing %s to %s", type(model).__name__, dest)
-    model.save_pretrained(dest, safe_serialization=True)
-    for processor in result.processors:
-        processor.save_pretrained(dest)
-    model_class = type(model)
-    # release the converted weights first, so the reload below never holds a second copy of an LLM-sized model
-    result.model = model = None
-    gc.collect()
-    if verify:
-        verify_saved_model(dest, model_class)
+        cast_model(model, dtype)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        logger.info("writing %s to %s", type(model).__name__, dest)
+        model.save_pretrained(staging, safe_serialization=True)
+        for processor in result.processors:
+            processor.save_pretrained(staging)
+        if not (staging / "README.md").exists():
+            (staging / "README.md").write_text(_usage_card(model, arch, source), encoding="utf-8")
+        model_class = type(model)
+        # release the converted weights first, so the reload below never holds a second copy of an LLM-sized model
+        result.model = model = None
+        gc.collect()
+        if verify:
+            verify_saved_model(staging, model_class)
+        _make_readable(staging)
+        if dest.exists():
+            shutil.rmtree(dest)
+        staging.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     if push_to_hub:
         from huggingface_hub import HfApi
 
         logger.info("pushing %s to the Hub repo %s", dest, push_to_hub)
         api = HfApi()
         api.create_repo(push_to_hub, exist_ok=True)
+        # exactly the verified files, usage card included, in one commit
         api.upload_folder(repo_id=push_to_hub, folder_path=dest, commit_message="Upload model converted by vistok")
     return dest
 
@@ -262,8 +400,7 @@ def verify_saved_model(dest: Path, model_class: type) -> None:
 
     config = AutoConfig.from_pretrained(dest)
     if not isinstance(config, model_class.config_class):
-        raise ConversionError(
-            f"{dest} reloads as {type(config).__name__}, expected {model_class.config_class.__name__}.")
+        raise ConversionError(f"{dest} reloads as {type(config).__name__}, expected {model_class.config_class.__name__}.")
     _, info = model_class.from_pretrained(dest, output_loading_info=True)
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
@@ -310,16 +447,6 @@ def read_checkpoint_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...]
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
             shapes.update({key: (tuple(t.shape), t.dtype) for key, t in state.items()})
     return shapes
-
-
-def count_layers(keys, prefix: str) -> int:
-    """Number of ``<prefix>.<i>.`` blocks among ``keys`` (``prefix`` without the trailing dot); checks they are
-    numbered 0..n-1."""
-    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
-    indices = {int(m.group(1)) for key in keys if (m := pattern.match(key))}
-    if indices and indices != set(range(len(indices))):
-        raise ConversionError(f"layers under {prefix} are not numbered 0..n-1: {sorted(indices)}")
-    return len(indices)
 
 
 def build_empty_model(model_class: type, config) -> torch.nn.Module:

@@ -164,7 +164,7 @@ def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
     """Convert a release that ships tokenizer files, then use only the pipeline, like a new user."""
     from transformers import AutoProcessor, pipeline
 
-    from mm_testers import answer_by_hand, read_video, write_video
+    from mm_testers import answer_by_hand, write_video
 
     case = parity_cases(parity_root)[0]
     source = source_with_tokenizer(case, tmp_path / "release")
@@ -179,9 +179,11 @@ def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
     video_path = tmp_path / "clip.mp4"
-    write_video(video_path, rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    write_video(video_path, rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), fps=5)  # 8 frames sampled
+    # like the original `load_video`: 8 frames at segment centres
+    assert processor.video_processor(videos=[str(video_path)], return_tensors="pt")["pixel_values_videos"].shape[1] == 8
     for part, media in (({"type": "image", "image": image}, {"images": [image]}),
-                        ({"type": "video", "path": str(video_path)}, {"videos": [read_video(video_path)]})):
+                        ({"type": "video", "path": str(video_path)}, {"videos": [str(video_path)]})):
         messages = [{"role": "user", "content": [part, {"type": "text", "text": "Describe it."}]}]
         answer = pipe(text=messages, max_new_tokens=4, do_sample=False, return_full_text=False)[0]["generated_text"]
         assert answer == answer_by_hand(model, processor, messages, 4, **media)

@@ -26,8 +26,10 @@ class InternVLTester(MultimodalTester):
     image_processor_backend = "pil"  # pixel-exact like the original; AutoProcessor reloads torchvision by default
     lora_parts = ("llm", "vision", "projector")
     known_failures = {
-        "wrong_pixel_size": "transformers' InternVLModel.get_image_features reshapes tiles of the wrong size without "
-        "a check: RuntimeError \"shape '[N, h, h, -1]' is invalid\" instead of a ValueError naming the tile size",
+        "wrong_pixel_size_raises_value_error": (
+            "transformers' InternVLModel.get_image_features reshapes tiles of the wrong size without a check: "
+            "RuntimeError \"shape '[N, h, h, -1]' is invalid\" instead of a ValueError naming the tile size"
+        ),
     }
 
     def __init__(self, name: str, text_model_type: str, norm_type: str = "layer_norm"):

@@ -24,8 +24,10 @@ class VideoLlama3Tester(MultimodalTester):
     image_processor_backend = "pil"  # pixel-exact like the original; AutoProcessor reloads torchvision by default
     lora_parts = ("llm", "vision", "projector")
     known_failures = {
-        "wrong_pixel_size": "transformers' VideoLlama3VisionEmbeddings views flattened patches of the wrong length "
-        "without a check: RuntimeError \"shape '[-1, 3, p, p]' is invalid\" instead of a ValueError",
+        "wrong_pixel_size_raises_value_error": (
+            "transformers' VideoLlama3VisionEmbeddings views flattened patches of the wrong length without a check: "
+            "RuntimeError \"shape '[-1, 3, p, p]' is invalid\" instead of a ValueError"
+        ),
     }
 
     def __init__(self, name: str, tie_word_embeddings: bool):
