@@ -119,14 +119,28 @@ SYSTEMS = (
             "processing.streaming:SentenceStreamer",
         ),
     ),
-    # transformers implements these two faithfully: vistok adds the conversion from the original releases
     System(
-        "internvl2_5",
+        "llava_mini",
+        config="modeling.configuration_llava_mini:LlavaMiniConfig",
+        models={
+            "AutoModel": "modeling.modeling_llava_mini:LlavaMiniModel",
+            "AutoModelForImageTextToText": "modeling.modeling_llava_mini:LlavaMiniForConditionalGeneration",
+        },
+        image_processors={"torchvision": "processing.processing_llava_mini:LlavaMiniImageProcessor",
+                          "pil": "processing.processing_llava_mini:LlavaMiniImageProcessorPil"},
+        video_processors={"torchvision": "processing.processing_llava_mini:LlavaMiniVideoProcessor"},
+        processor="processing.processing_llava_mini:LlavaMiniProcessor",
+        converters={"llava-mini": "conversion.convert_llava_mini"},
+        exports=("modeling.modeling_llava_mini:LlavaMiniPreTrainedModel",),
+    ),
+    # already in transformers: vistok adds only the converters from the original releases (no second model_type)
+    System(
+        "internvl",
         config="transformers.models.internvl.configuration_internvl:InternVLConfig",
         converters={"internvl2_5": "conversion.convert_internvl2_5"},
     ),
     System(
-        "videollama3",
+        "video_llama_3",
         config="transformers.models.video_llama_3.configuration_video_llama_3:VideoLlama3Config",
         converters={"videollama3": "conversion.convert_videollama3"},
     ),
@@ -300,7 +314,8 @@ _HOOKS = {
     "transformers.models.auto.feature_extraction_auto": _register_in("FEATURE_EXTRACTOR_MAPPING", "feature_extractor"),
     "transformers.models.auto.processing_auto": _register_in("PROCESSOR_MAPPING", "processor"),
     "transformers.pipelines": _register_pipelines,
-    "transformers.video_processing_utils": lambda module: resolve("processing.video_io:install_pyav_fallback")(),
+    # video files decode with PyAV when torchcodec is unusable (see processing/video_io.py)
+    "transformers.video_processing_utils": lambda module: resolve("processing.video_io:install_pyav_fallback")(module),
 }
 
 

@@ -46,6 +46,8 @@ setup(
         "pyyaml",
         "pillow",
         "tqdm",
+        "sentencepiece",  # InternLM2.5-based InternVL2.5 releases ship a sentencepiece tokenizer.model
+        "protobuf",
     ],
     extras_require={"test": ["pytest>=8", "av"], "video": ["av"]},
     entry_points={

@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert an original released checkpoint into a vistok (transformers) model directory.",
     )
     parser.add_argument("arch", help=f"architecture, one of: {', '.join(sorted(CONVERTERS))}")
-    parser.add_argument("source", help="directory laid out like the release, or a single checkpoint file")
+    parser.add_argument("source", help="directory laid out like the release, a single checkpoint file, or a Hub repo id")
     parser.add_argument("dest", help="output directory, loadable with AutoModel / AutoImageProcessor")
     parser.add_argument("--config", default=None, help="original config (json/yaml) when SOURCE is a single file")
     parser.add_argument(
@@ -58,10 +58,11 @@ def detect_architecture(source) -> list[str]:
 
 def convert(arch, source, dest, config=None, preset_overrides=None, dtype=None, push_to_hub=None, force=False, verify=True):
     """Python entry point of the CLI; returns the destination path."""
-    from .utils import ConversionError, save_conversion
+    from .utils import ConversionError, resolve_source, save_conversion
 
     if arch not in CONVERTERS:
         raise ConversionError(f"unknown architecture {arch!r}; choose one of {sorted(CONVERTERS)}.")
+    source = resolve_source(source)
     module = importlib.import_module(f"..{CONVERTERS[arch]}", __package__)
     try:
         result = module.convert(source, config_file=config, presets_file=preset_overrides)

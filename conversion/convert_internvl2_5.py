@@ -32,6 +32,7 @@ from .utils import (
     read_checkpoint_shapes,
     rename_state_dict,
     require_shape,
+    split_fused_qkv,
 )
 
 
@@ -53,7 +54,7 @@ VISION_MAPPING = [
     (_V + r"ls2",                                                 _T + r"lambda_2"),
     (_V + r"norm1\.(weight|bias)",                                _T + r"layernorm_before.\2"),
     (_V + r"norm2\.(weight|bias)",                                _T + r"layernorm_after.\2"),
-    (_V + r"attn\.(q|k|v)\.(weight|bias)",                        _T + r"attention.\2_proj.\3"),  # after split_fused_qkv
+    (_V + r"attn\.(q|k|v)\.(weight|bias)",                        _T + r"attention.\2_proj.\3"),  # split attn.qkv
     (_V + r"attn\.(q_norm|k_norm)\.weight",                       _T + r"attention.\2.weight"),
     (_V + r"attn\.proj\.(weight|bias)",                           _T + r"attention.projection_layer.\2"),
     (_V + r"mlp\.(fc1|fc2)\.(weight|bias)",                       _T + r"mlp.\2.\3"),
@@ -111,7 +112,7 @@ def vision_config(original: dict, shapes: dict) -> dict:
         raise ConversionError("vision_config lacks num_attention_heads (not recoverable from the weights).")
     return {
         "hidden_size": hidden, "num_channels": channels, "patch_size": patch, "image_size": grid * patch,
-        "num_hidden_layers": count_layers(shapes, "vision_model.encoder.layers"),
+        "num_hidden_layers": count_layers(shapes, "vision_model.encoder.layers."),
         "num_attention_heads": vision["num_attention_heads"],
         "intermediate_size": _shape(shapes, prefix + "mlp.fc1.weight")[0],
         "attention_bias": prefix + "attn.qkv.bias" in shapes, "use_qk_norm": has_qk_norm, "norm_type": norm_type,
@@ -133,7 +134,7 @@ def text_config(original: dict, shapes: dict, family: str) -> dict:
         head_dim = llm.get("head_dim") or hidden // heads
         kv_heads = _shape(shapes, prefix + "self_attn.k_proj.weight")[0] // head_dim
         intermediate = _shape(shapes, prefix + "mlp.gate_proj.weight")[0]
-        layers = count_layers(shapes, "language_model.model.layers")
+        layers = count_layers(shapes, "language_model.model.layers.")
         extra = {}  # Qwen2 attention always has q/k/v biases
     else:
         vocab, hidden = _shape(shapes, "language_model.model.tok_embeddings.weight")
@@ -141,7 +142,7 @@ def text_config(original: dict, shapes: dict, family: str) -> dict:
         head_dim = hidden // heads
         kv_heads = (_shape(shapes, prefix + "attention.wqkv.weight")[0] // head_dim - heads) // 2
         intermediate = _shape(shapes, prefix + "feed_forward.w1.weight")[0]
-        layers = count_layers(shapes, "language_model.model.layers")
+        layers = count_layers(shapes, "language_model.model.layers.")
         extra = {"attention_bias": bool(llm.get("bias", False)), "mlp_bias": False, "head_dim": head_dim}
     if llm.get("num_key_value_heads", kv_heads) != kv_heads:
         raise ConversionError(f"llm_config says {llm['num_key_value_heads']} KV heads, the weights have {kv_heads}.")
@@ -150,12 +151,6 @@ def text_config(original: dict, shapes: dict, family: str) -> dict:
         "intermediate_size": intermediate, "num_hidden_layers": layers, "num_attention_heads": heads,
         "num_key_value_heads": kv_heads, "tie_word_embeddings": False,
     }
-
-
-def split_fused_qkv(key: str, tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-    """ViT ``attn.qkv`` (rows [q; k; v]) -> ``attn.q`` / ``attn.k`` / ``attn.v``."""
-    stem, suffix = key.rsplit(".qkv.", 1)
-    return {f"{stem}.{name}.{suffix}": part.clone() for name, part in zip("qkv", tensor.chunk(3, dim=0))}
 
 
 def split_wqkv(key: str, tensor: torch.Tensor, num_heads: int, num_kv_heads: int) -> dict[str, torch.Tensor]:
@@ -175,28 +170,29 @@ def shard_converter(family: str, text: dict):
     rules = VISION_MAPPING + (QWEN2_MAPPING if family == "qwen2" else INTERNLM2_MAPPING)
 
     def convert_shard(state_dict: dict) -> tuple[dict, list, list]:
-        unfused = {}
-        for key in list(state_dict):
-            tensor = state_dict.pop(key)
-            if key.startswith("vision_model.") and ".attn.qkv." in key:
-                unfused.update(split_fused_qkv(key, tensor))
-            elif key.endswith(".attention.wqkv.weight"):
-                unfused.update(split_wqkv(key, tensor, text["num_attention_heads"], text["num_key_value_heads"]))
-            else:
-                unfused[key] = tensor
+        # ViT `attn.qkv` rows are [q; k; v] -> attn.q / attn.k / attn.v (cloned: each becomes a parameter of its own)
+        unfused = {key: tensor.clone() if ".attn.q." in key or ".attn.k." in key or ".attn.v." in key else tensor
+                   for key, tensor in split_fused_qkv(state_dict, "qkv", ("q", "k", "v")).items()}
+        for key in [k for k in unfused if k.endswith(".attention.wqkv.weight")]:
+            unfused.update(split_wqkv(key, unfused.pop(key), text["num_attention_heads"], text["num_key_value_heads"]))
         return rename_state_dict(unfused, rules)
 
     return convert_shard
 
 
-def find_tokenizer(folder: Path):
-    """The release's tokenizer (None without tokenizer files) with InternVL's image tokens as named special tokens.
-    InternLM2.5-based releases ship a remote-code ``InternLM2Tokenizer``; its sentencepiece model is read as a Llama
-    tokenizer instead."""
+def load_internlm2_tokenizer(folder: Path, **kwargs):
+    """``InternLM2Tokenizer`` (remote code) is a sentencepiece tokenizer that prepends ``<s>``: read as a Llama one."""
     from transformers import LlamaTokenizer
 
-    tokenizer = load_release_tokenizer(folder, IMAGE_SPECIAL_TOKENS, {"InternLM2Tokenizer": LlamaTokenizer,
-                                                                       "InternLM2TokenizerFast": LlamaTokenizer})
+    config = load_config_file(folder / "tokenizer_config.json")
+    return LlamaTokenizer.from_pretrained(folder, add_bos_token=config.get("add_bos_token", True),
+                                          add_eos_token=config.get("add_eos_token", False), **kwargs)
+
+
+def find_tokenizer(folder: Path):
+    """The release's tokenizer (None without tokenizer files) with InternVL's image tokens as named special tokens."""
+    loaders = {"InternLM2Tokenizer": load_internlm2_tokenizer, "InternLM2TokenizerFast": load_internlm2_tokenizer}
+    tokenizer = load_release_tokenizer(folder, IMAGE_SPECIAL_TOKENS, loaders)
     if tokenizer is not None:
         vocab = tokenizer.get_vocab()
         missing = [t for t in IMAGE_SPECIAL_TOKENS.values() if t != "<video>" and t not in vocab]
@@ -215,7 +211,8 @@ def image_token_id(tokenizer, vocab_size: int, overrides: dict, notes: list) -> 
     else:
         token_id = vocab_size - 1
         notes.append(f"no tokenizer files: assumed <img>, </img>, <IMG_CONTEXT> are the last three ids "
-                     f"({vocab_size - 3}..{token_id}); pass --preset-overrides '{{\"internvl2_5\": {{\"image_token_id\": N}}}}' otherwise")
+                     f"({vocab_size - 3}..{token_id}); otherwise pass --preset-overrides with "
+                     '{"internvl2_5": {"image_token_id": N}}')
     return token_id
 
 
@@ -233,7 +230,9 @@ def build_processors(original: dict, vision: dict, tokenizer, image_seq_length: 
     if is_torchvision_available():
         from transformers import InternVLVideoProcessor
 
-        processors.append(InternVLVideoProcessor(size=size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD))
+        # the original `load_video` samples `num_segments` (8 by default) frames at segment centres
+        processors.append(InternVLVideoProcessor(size=size, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
+                                                 do_sample_frames=True, num_frames=8, initial_shift=True))
     if tokenizer is None:
         return processors
     from transformers import InternVLProcessor
@@ -285,8 +284,7 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     if tokenizer is not None:  # the chat turn ends with <|im_end|> (what the original chat() stops on)
         eos = model.generation_config.eos_token_id
         eos = [eos] if isinstance(eos, int) else list(eos or [])
-        model.generation_config.eos_token_id = list(dict.fromkeys([*eos, tokenizer.convert_tokens_to_ids("<|im_end|>")]))
-    for note in notes:
-        logger.warning(note)
-    return ConversionResult(model=model, processors=build_processors(original, vision, tokenizer, image_seq_length, notes),
-                            notes=notes)
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        model.generation_config.eos_token_id = list(dict.fromkeys([*eos, im_end]))
+    processors = build_processors(original, vision, tokenizer, image_seq_length, notes)
+    return ConversionResult(model=model, processors=processors, notes=notes)

@@ -61,7 +61,7 @@ def vision_config(original: dict, shapes: dict) -> dict:
     prefix = "model.vision_encoder.encoder.layers"
     return {
         "hidden_size": hidden, "num_channels": channels, "patch_size": patch,
-        "num_hidden_layers": count_layers(shapes, prefix), "num_attention_heads": vision["num_attention_heads"],
+        "num_hidden_layers": count_layers(shapes, prefix + "."), "num_attention_heads": vision["num_attention_heads"],
         "intermediate_size": _shape(shapes, prefix + ".0.mlp.fc1.weight")[0],
         "hidden_act": vision["hidden_act"], "layer_norm_eps": vision["layer_norm_eps"],
         "attention_dropout": vision["attention_dropout"],
@@ -86,7 +86,7 @@ def text_config(original: dict, shapes: dict) -> dict:
     return llm_config_fields(original) | {
         "model_type": "qwen2", "vocab_size": vocab, "hidden_size": hidden,
         "intermediate_size": _shape(shapes, "model.layers.0.mlp.gate_proj.weight")[0],
-        "num_hidden_layers": count_layers(shapes, "model.layers"), "num_attention_heads": heads,
+        "num_hidden_layers": count_layers(shapes, "model.layers."), "num_attention_heads": heads,
         "num_key_value_heads": kv_heads, "tie_word_embeddings": tied,
     }
 
@@ -103,7 +103,8 @@ def find_tokenizer(folder: Path):
 def token_ids(original: dict, tokenizer, vocab_size: int, overrides: dict, notes: list) -> tuple[int, int]:
     image_id = tokenizer.image_token_id if tokenizer is not None else original.get("image_token_index", 151665)
     if image_id != original.get("image_token_index", image_id):
-        raise ConversionError(f"tokenizer <image> id {image_id} != config image_token_index {original['image_token_index']}.")
+        raise ConversionError(f"tokenizer <image> id {image_id} != config image_token_index "
+                              f"{original['image_token_index']}.")
     if "video_token_id" in overrides:
         video_id = int(overrides["video_token_id"])
     elif tokenizer is not None:
@@ -122,8 +123,11 @@ def token_ids(original: dict, tokenizer, vocab_size: int, overrides: dict, notes
 def build_processors(folder: Path, original: dict, patch_size: int, tokenizer) -> list:
     from transformers import VideoLlama3ImageProcessorPil
 
-    image_config = load_config_file(folder / "preprocessor_config.json") if (folder / "preprocessor_config.json").is_file() else {}
-    processor_config = load_config_file(folder / "processor_config.json") if (folder / "processor_config.json").is_file() else {}
+    def optional_config(name: str) -> dict:
+        return load_config_file(folder / name) if (folder / name).is_file() else {}
+
+    image_config = optional_config("preprocessor_config.json")
+    processor_config = optional_config("processor_config.json")
     if image_config.get("patch_size", patch_size) != patch_size:
         raise ConversionError(f"preprocessor patch_size {image_config['patch_size']} != weights' {patch_size}.")
     min_tokens, max_tokens = image_config.get("min_tokens", 16), image_config.get("max_tokens", 16384)
@@ -145,7 +149,7 @@ def build_processors(folder: Path, original: dict, patch_size: int, tokenizer) -
         from transformers import VideoLlama3VideoProcessor
 
         video_processor = VideoLlama3VideoProcessor(
-            merge_size=video_merge, size=size(video_merge), fps=processor_config.get("fps", 1),
+            merge_size=video_merge, size=size(video_merge), do_sample_frames=True, fps=processor_config.get("fps", 1),
             max_frames=processor_config.get("max_frames", 180),
             use_token_compression=bool(original.get("use_token_compression", True)), **common,
         )
@@ -185,7 +189,5 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     model.eval()
     if (folder / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(folder)
-    for note in notes:
-        logger.warning(note)
     return ConversionResult(model=model, processors=build_processors(folder, original, vision["patch_size"], tokenizer),
                             notes=notes)

@@ -317,11 +317,18 @@ def cast_model(model: torch.nn.Module, dtype: str) -> None:
 
 def _usage_card(model: torch.nn.Module, arch: str | None, source) -> str:
     name = type(model).__name__
-    return (
-        f"# {name} converted with vistok\n\n"
-        f"Converted from the original release `{source}` with `vistok-convert {arch or ''}`. Load it with vistok "
-        "imported (vistok registers the architecture with transformers; without it transformers does not recognize "
-        f"the model type `{model.config.model_type}`):\n\n"
+    header = (f"# {name} converted with vistok\n\nConverted from the original release `{source}` with "
+              f"`vistok-convert {arch or ''}`. ")
+    if type(model).__module__.startswith("transformers."):  # InternVL, VideoLLaMA3, ...: transformers' own classes
+        return header + (
+            f"It uses transformers' own `{model.config.model_type}` classes; load it with transformers alone:\n\n"
+            "```python\nfrom transformers import AutoModelForImageTextToText, AutoProcessor\n\n"
+            'model = AutoModelForImageTextToText.from_pretrained("path/to/this/folder")\n'
+            'processor = AutoProcessor.from_pretrained("path/to/this/folder")\n```\n'
+        )
+    return header + (
+        "Load it with vistok imported (vistok registers the architecture with transformers; without it transformers "
+        f"does not recognize the model type `{model.config.model_type}`):\n\n"
         "```python\nimport vistok  # registers the vistok architectures\n"
         "from transformers import AutoModel\n\n"
         f'model = AutoModel.from_pretrained("path/to/this/folder")\n```\n'
@@ -351,9 +358,9 @@ def save_conversion(
 
     Everything is written to a temporary folder next to ``dest`` and moved into place only when complete (and, with
     ``verify``, reloaded through the Auto classes without missing or unused weights), so a failed or interrupted
-    conversion leaves ``dest`` as it was. ``dest`` must not overlap ``source``; a non-empty ``dest`` is replaced only
-    with ``force``. ``result.model`` is released once written, so the verification never holds a second copy of an
-    LLM-sized model. The Hub upload is one commit with exactly the files written."""
+    conversion leaves ``dest`` as it was. ``result.model`` is released before that reload, so an LLM-sized model is
+    never held twice. ``dest`` must not overlap ``source``; a non-empty ``dest`` is replaced only
+    with ``force``."""
     dest = check_paths(source, dest, force)
     model = result.model
     if dtype is not None:
@@ -368,6 +375,7 @@ def save_conversion(
         if not (staging / "README.md").exists():
             (staging / "README.md").write_text(_usage_card(model, arch, source), encoding="utf-8")
         model_class = type(model)
+        # release the converted weights first, so the reload below never holds a second copy of an LLM-sized model
         result.model = model = None
         gc.collect()
         if verify:
@@ -384,7 +392,8 @@ def save_conversion(
         logger.info("pushing %s to the Hub repo %s", dest, push_to_hub)
         api = HfApi()
         api.create_repo(push_to_hub, exist_ok=True)
-        api.upload_folder(repo_id=push_to_hub, folder_path=dest, commit_message="Upload converted model (vistok-convert)")
+        # exactly the verified files, usage card included, in one commit
+        api.upload_folder(repo_id=push_to_hub, folder_path=dest, commit_message="Upload model converted by vistok")
     return dest
 
 
@@ -420,6 +429,10 @@ def checkpoint_files(source: str | Path) -> list[Path]:
     return [find_checkpoint_file(source, preferred=("model.safetensors", "pytorch_model.bin"))]
 
 
+SAFETENSORS_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64", "I64": "int64",
+                      "I32": "int32", "BOOL": "bool"}
+
+
 def read_checkpoint_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """``{key: (shape, dtype)}`` of every tensor in ``files`` without reading the data (safetensors headers; ``.bin``
     files are memory-mapped)."""
@@ -431,9 +444,7 @@ def read_checkpoint_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...]
             with safe_open(str(path), framework="pt") as handle:
                 for key in handle.keys():
                     tensor_slice = handle.get_slice(key)
-                    dtype = getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
-                                            "I64": "int64", "I32": "int32", "BOOL": "bool"}.get(tensor_slice.get_dtype(),
-                                                                                                 "float32"))
+                    dtype = getattr(torch, SAFETENSORS_DTYPES.get(tensor_slice.get_dtype(), "float32"))
                     shapes[key] = (tuple(tensor_slice.get_shape()), dtype)
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
@@ -492,7 +503,8 @@ def llm_config_fields(llm: dict) -> dict:
     rope = {"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 10000.0))}
     scaling = llm.get("rope_scaling")
     if scaling:
-        rope |= {k: v for k, v in scaling.items() if k != "type"} | {"rope_type": scaling.get("rope_type", scaling.get("type"))}
+        rope_type = scaling.get("rope_type", scaling.get("type"))
+        rope |= {k: v for k, v in scaling.items() if k != "type"} | {"rope_type": rope_type}
     return {k: llm[k] for k in LLM_CONFIG_FIELDS if k in llm} | {"rope_parameters": rope}
 
 
@@ -503,13 +515,13 @@ def require_shape(shapes: dict, key: str, release: str) -> tuple[int, ...]:
     return shapes[key][0]
 
 
-def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], class_overrides: dict | None = None):
+def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], loaders: dict | None = None):
     """The tokenizer of an original release, loaded without its remote code, with ``named_tokens``
     (``{"image_token": "<image>", ...}``) as named special tokens (``tokenizer.image_token`` / ``image_token_id``, kept
     by ``save_pretrained``) as transformers' multimodal processors expect. Returns None without tokenizer files.
 
-    The class comes from ``tokenizer_config.json``'s ``tokenizer_class``: a transformers class by name, else
-    ``class_overrides[name]`` (for remote-code tokenizers), else the ``tokenizer.json`` backend."""
+    ``tokenizer_config.json``'s ``tokenizer_class`` picks the loader: ``loaders[name](folder, **kwargs)`` (for
+    remote-code tokenizers), else the transformers class of that name, else the ``tokenizer.json`` backend."""
     from transformers import TokenizersBackend
     from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
 
@@ -518,9 +530,35 @@ def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], class_ove
         return None
     config_file = folder / "tokenizer_config.json"
     name = load_config_file(config_file).get("tokenizer_class") if config_file.is_file() else None
-    tokenizer_class = (class_overrides or {}).get(name) or (tokenizer_class_from_name(name) if name else None)
+    kwargs = {"extra_special_tokens": dict(named_tokens)}
+    if name in (loaders or {}):
+        return loaders[name](folder, **kwargs)
+    tokenizer_class = tokenizer_class_from_name(name) if name else None
     if tokenizer_class is None:
         if not (folder / "tokenizer.json").is_file():
             raise ConversionError(f"cannot load tokenizer class {name!r} from {folder} without its remote code.")
         tokenizer_class = TokenizersBackend
-    return tokenizer_class.from_pretrained(folder, extra_special_tokens=dict(named_tokens))
+    return tokenizer_class.from_pretrained(folder, **kwargs)
+
+
+# files a converter may read from a Hub release; code files are never downloaded (nothing in a source is executed)
+SOURCE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.yaml", "*.yml",
+                        "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
+def resolve_source(source: str | Path) -> Path:
+    """``source`` as a local path; a Hub repo id (``org/name``, optionally ``org/name@revision``) that is not a local
+    path is downloaded with ``huggingface_hub.snapshot_download`` (weights, configs and tokenizer files only)."""
+    path = Path(source)
+    if path.exists():
+        return path
+    repo_id, _, revision = str(source).partition("@")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
+        raise ConversionError(f"source {source} is neither a local file or folder nor a Hub repo id (org/name).")
+    from huggingface_hub import snapshot_download
+
+    logger.info("downloading %s from the Hub", source)
+    try:
+        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=SOURCE_FILE_PATTERNS))
+    except Exception as error:  # offline, missing repo, no access
+        raise ConversionError(f"could not download {source} from the Hub: {error}") from error

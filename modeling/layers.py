@@ -303,9 +303,16 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_h: int, grid_w: int, max_period
 
 
 def resample_abs_pos_embed(
-    pos_embed: torch.Tensor, new_size: tuple[int, int], old_size: tuple[int, int] | None = None, num_prefix_tokens: int = 0
+    pos_embed: torch.Tensor,
+    new_size: tuple[int, int],
+    old_size: tuple[int, int] | None = None,
+    num_prefix_tokens: int = 0,
+    antialias: bool = True,
 ) -> torch.Tensor:
-    """Bicubically resamples a learned [L, D] (or [1, L, D]) grid table to ``new_size``; prefix tokens are kept."""
+    """Bicubically resamples a learned [L, D] (or [1, L, D]) grid table to ``new_size``; prefix tokens are kept.
+
+    ``antialias=False`` is plain bicubic interpolation (``a = -0.75``), which differs from the antialiased kernel even
+    when upsampling; use it for code ported from ``F.interpolate(mode="bicubic")`` calls without antialiasing."""
     squeeze = pos_embed.ndim == 2
     if squeeze:
         pos_embed = pos_embed[None]
@@ -317,7 +324,7 @@ def resample_abs_pos_embed(
         return pos_embed[0] if squeeze else pos_embed
     dim = grid.shape[-1]
     grid = grid.reshape(1, old_size[0], old_size[1], dim).permute(0, 3, 1, 2).float()
-    grid = F.interpolate(grid, size=new_size, mode="bicubic", align_corners=False, antialias=True)
+    grid = F.interpolate(grid, size=new_size, mode="bicubic", align_corners=False, antialias=antialias)
     grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
     out = torch.cat([prefix, grid], dim=1)
     return out[0] if squeeze else out

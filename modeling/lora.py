@@ -17,7 +17,8 @@ PARTS = ("llm", "vision", "projector")
 
 # transformers' classes (vistok never subclasses them), keyed by config.model_type
 LORA_PARTS_BY_MODEL_TYPE = {
-    "internvl": {"llm": "model.language_model", "vision": "model.vision_tower", "projector": "model.multi_modal_projector"},
+    "internvl": {"llm": "model.language_model", "vision": "model.vision_tower",
+                 "projector": "model.multi_modal_projector"},
     "video_llama_3": {"llm": "model.language_model", "vision": "model.vision_model", "projector": "model.projector"},
 }
 
@@ -34,7 +35,8 @@ def get_lora_parts(model: nn.Module) -> dict[str, tuple[str, ...]]:
     if declared is None:
         raise ValueError(
             f"{type(model).__name__} declares no LoRA parts: set a class attribute `_lora_parts = {{'llm': ..., "
-            f"'vision': ..., 'projector': ...}}` (module-name prefixes) or add its model_type to LORA_PARTS_BY_MODEL_TYPE."
+            f"'vision': ..., 'projector': ...}}` (module-name prefixes) or add its model_type to "
+            "LORA_PARTS_BY_MODEL_TYPE."
         )
     return {part: (prefixes,) if isinstance(prefixes, str) else tuple(prefixes) for part, prefixes in declared.items()}
 

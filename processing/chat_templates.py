@@ -14,10 +14,10 @@ INTERNVL2_5_SYSTEM_MESSAGE = (
 def chatml_template(image_placeholder: str, video_placeholder: str, default_system_message: str | None = None) -> str:
     """ChatML turns; each image / video part becomes its placeholder; ``default_system_message`` is prepended as a
     system turn when the conversation starts without one."""
-    system = (
-        "{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + default_system_message + "<|im_end|>\n{% endif %}"
-        if default_system_message else ""
-    )
+    system = ""
+    if default_system_message:
+        system = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + default_system_message
+                  + "<|im_end|>\n{% endif %}")
     return system + (
         "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
         "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -41,3 +41,34 @@ def videollama3_chat_template(image_token: str = "<|image_pad|>", video_token: s
     ``Time 0.0s:<tokens>,Time 1.0s:<tokens>,...``), each followed by a newline like the original ``<image>\\n``.
     Converted releases keep the original ``<image>`` token for images."""
     return chatml_template(image_token + "\n", video_token + "\n")
+
+
+# LLaVA-Mini: the Llama-3.1 chat format as rendered by the release's tokenizer (with its default date lines) and the
+# original's default system prompt (`conv_llava_llama_3_1`); visual items become `<image>` / `<video>` followed by a
+# newline.
+LLAVA_MINI_SYSTEM_PROMPT = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+LLAVA_MINI_CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- if messages[0]['content'] is string %}{%- set system = messages[0]['content'] %}"
+    "{%- else %}{%- set system = messages[0]['content'] | selectattr('type', 'equalto', 'text') "
+    "| map(attribute='text') | join('') %}{%- endif %}"
+    "{%- set messages = messages[1:] %}"
+    "{%- else %}{%- set system = '" + LLAVA_MINI_SYSTEM_PROMPT + "' %}{%- endif %}"
+    "{{- '<|start_header_id|>system<|end_header_id|>\\n\\nCutting Knowledge Date: December 2023\\n"
+    "Today Date: 26 Jul 2024\\n\\n' + system + '<|eot_id|>' }}"
+    "{%- for message in messages %}"
+    "{{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' }}"
+    "{%- if message['content'] is string %}{{- message['content'] | trim }}"
+    "{%- else %}{%- for item in message['content'] %}"
+    "{%- if item['type'] == 'image' %}{{- '<image>\\n' }}"
+    "{%- elif item['type'] == 'video' %}{{- '<video>\\n' }}"
+    "{%- elif item['type'] == 'text' %}{{- item['text'] | trim }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{{- '<|eot_id|>' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
+)

@@ -5,17 +5,19 @@ pipeline receives a video *path or URL*) decodes with torchcodec only: ``torchvi
 torchvision 0.26, and torchcodec needs system FFmpeg libraries. Without them every video path fails with an
 ``ImportError``. PyAV wheels bundle FFmpeg, and transformers' own ``load_video`` supports ``backend="pyav"``, so
 ``install_pyav_fallback`` makes ``fetch_videos`` fall back to PyAV when torchcodec cannot be used; nothing changes when
-it can. ``av`` is imported only when a video is actually decoded.
+it can. ``vistok.registry`` installs it right after transformers imports ``video_processing_utils`` (so
+``import vistok`` itself imports neither torchvision nor PyAV); ``av`` is imported only when a video is decoded.
 """
 
-from transformers.video_processing_utils import BaseVideoProcessor
+
+_original_fetch_videos = None
 
 
 def _fetch_videos_with_pyav_fallback(self, video_url_or_urls, sample_indices_fn=None):
     from transformers.utils.import_utils import is_torchcodec_usable
 
     if is_torchcodec_usable(decode="video"):
-        return _ORIGINAL_FETCH_VIDEOS(self, video_url_or_urls, sample_indices_fn=sample_indices_fn)
+        return _original_fetch_videos(self, video_url_or_urls, sample_indices_fn=sample_indices_fn)
     from transformers.video_utils import load_video
 
     if isinstance(video_url_or_urls, list):
@@ -23,9 +25,11 @@ def _fetch_videos_with_pyav_fallback(self, video_url_or_urls, sample_indices_fn=
     return load_video(video_url_or_urls, backend="pyav", sample_indices_fn=sample_indices_fn)
 
 
-_ORIGINAL_FETCH_VIDEOS = BaseVideoProcessor.fetch_videos
-
-
-def install_pyav_fallback() -> None:
-    """Makes every video processor decode video files with PyAV when torchcodec is unusable (idempotent)."""
-    BaseVideoProcessor.fetch_videos = _fetch_videos_with_pyav_fallback
+def install_pyav_fallback(video_processing_utils) -> None:
+    """Makes every video processor of ``transformers.video_processing_utils`` decode video files with PyAV when
+    torchcodec is unusable (idempotent)."""
+    global _original_fetch_videos
+    base = video_processing_utils.BaseVideoProcessor
+    if base.fetch_videos is not _fetch_videos_with_pyav_fallback:
+        _original_fetch_videos = base.fetch_videos
+        base.fetch_videos = _fetch_videos_with_pyav_fallback

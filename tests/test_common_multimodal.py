@@ -15,19 +15,28 @@ from mm_testers import all_testers, read_video, write_video
 from vistok.modeling.lora import get_lora_parts, get_lora_target_modules
 
 
-def with_known_failures(testers, check: str) -> list:
-    """pytest params of ``testers``; a check a tester lists in ``known_failures`` is a strict xfail with its reason."""
-    return [
-        pytest.param(t, id=t.name, marks=pytest.mark.xfail(reason=t.known_failures[check], strict=True))
-        if check in t.known_failures else pytest.param(t, id=t.name)
-        for t in testers
-    ]
-
-
 TESTERS = all_testers()
-IDS = [t.name for t in TESTERS]
-VIDEO_TESTERS = [t for t in TESTERS if t.supports_video]
-LORA_CASES = [(t, part) for t in TESTERS for part in t.lora_parts]
+
+
+def known_failure_marks(tester, check: str) -> list:
+    reason = tester.known_failures.get(check)
+    return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+
+
+def for_each_tester(select=lambda tester: True):
+    """Parametrises a check over the testers ``select`` accepts; the check's name is the test name without
+    ``test_``, and a tester that lists it in ``known_failures`` runs it as a strict xfail with its reason."""
+    def decorate(check):
+        name = check.__name__.removeprefix("test_")
+        params = [pytest.param(t, id=t.name, marks=known_failure_marks(t, name)) for t in TESTERS if select(t)]
+        return pytest.mark.parametrize("tester", params)(check)
+
+    return decorate
+
+
+def lora_cases(check_name: str) -> list:
+    return [pytest.param(t, part, id=f"{t.name}-{part}", marks=known_failure_marks(t, check_name))
+            for t in TESTERS for part in t.lora_parts]
 
 
 def logits_of(model, inputs) -> torch.Tensor:
@@ -96,7 +105,7 @@ def saved(tmp_path_factory):
 
 
 # -- loading ----------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_save_load_round_trip_through_auto_classes(tester, saved):
     model, processor = tester.make_model(), tester.get_processor()
     inputs = tester.example_inputs(processor, num_images=2)
@@ -118,7 +127,7 @@ def test_save_load_round_trip_through_auto_classes(tester, saved):
     assert torch.equal(logits_of(loaded.eval(), reloaded_inputs), expected)
 
 
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_hub_round_trip(tester, hub_client):
     repo_id = f"vistok-tests/{tester.name}-mm"
     model, processor = tester.make_model(), tester.get_processor()
@@ -136,7 +145,7 @@ def test_hub_round_trip(tester, hub_client):
     assert torch.equal(logits_of(loaded.eval(), reloaded_inputs), logits_of(model, inputs))
 
 
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_device_map_auto_with_cpu_and_disk_offload(tester, saved, tmp_path):
     path = saved(tester)
     reference = AutoModelForImageTextToText.from_pretrained(path).eval()
@@ -156,11 +165,12 @@ def test_device_map_auto_with_cpu_and_disk_offload(tester, saved, tmp_path):
     assert max_diff(logits_of(offloaded, inputs), logits_of(reference, inputs)) < 1e-5
     generate_kwargs = {"max_new_tokens": 3, "do_sample": False}
     with torch.no_grad():
-        assert torch.equal(offloaded.generate(**inputs, **generate_kwargs), reference.generate(**inputs, **generate_kwargs))
+        expected_sequences = reference.generate(**inputs, **generate_kwargs)
+        assert torch.equal(offloaded.generate(**inputs, **generate_kwargs), expected_sequences)
 
 
 # -- numerics ---------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_bf16_forward_close_to_fp32(tester):
     model, processor = tester.make_model(), tester.get_processor()
     inputs = tester.example_inputs(processor, num_images=2)
@@ -172,7 +182,7 @@ def test_bf16_forward_close_to_fp32(tester):
     assert max_diff(got.float(), expected) < 0.05 * expected.abs().max().item()
 
 
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_eager_and_sdpa_attention_agree(tester):
     model, processor = tester.make_model(), tester.get_processor()
     inputs = tester.example_inputs(processor, num_images=2)
@@ -185,7 +195,7 @@ def test_eager_and_sdpa_attention_agree(tester):
     assert max_diff(results["eager"], results["sdpa"]) < 1e-5
 
 
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_gradient_checkpointing_same_loss_and_gradients(tester):
     processor = tester.get_processor()
     inputs = tester.example_inputs(processor, num_images=2)
@@ -211,7 +221,7 @@ def test_gradient_checkpointing_same_loss_and_gradients(tester):
 
 
 # -- LoRA -------------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_lora_target_modules_split_the_model_into_parts(tester):
     model = tester.make_model()
     declared = get_lora_parts(model)
@@ -226,7 +236,7 @@ def test_lora_target_modules_split_the_model_into_parts(tester):
         get_lora_target_modules(model, "decoder")
 
 
-@pytest.mark.parametrize("tester,part", LORA_CASES, ids=[f"{t.name}-{p}" for t, p in LORA_CASES])
+@pytest.mark.parametrize("tester,part", lora_cases("lora_trains_saves_and_merges"))
 def test_lora_trains_saves_and_merges(tester, part, tmp_path):
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -267,7 +277,7 @@ def test_lora_trains_saves_and_merges(tester, part, tmp_path):
 
 
 # -- generation and batching ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_generate_matches_greedy_by_hand(tester):
     model, processor = tester.make_model(), tester.get_processor()
     inputs = tester.example_inputs(processor, num_images=1)
@@ -278,7 +288,7 @@ def test_generate_matches_greedy_by_hand(tester):
     assert got == greedy_by_hand(model, inputs, 6, eos)
 
 
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_batch_with_different_numbers_of_images_equals_items_one_by_one(tester):
     model, processor = tester.make_model(), tester.get_processor()
     layout = tester.batch_layout
@@ -307,6 +317,24 @@ def test_batch_with_different_numbers_of_images_equals_items_one_by_one(tester):
         assert batch_generated[i] == single_generated, f"item {i}"
 
 
+@for_each_tester(lambda t: t.supports_audio)
+def test_audio_prompts_generate_and_batch_like_items_one_by_one(tester):
+    model, processor = tester.make_model(), tester.get_processor()
+    prompts = [tester.build_prompt(processor, num_audios=1, question="What is said?"),
+               tester.build_prompt(processor, question="Say something.")]
+    audios = [tester.make_audio(seed=1)]
+    single = tester.prepare_inputs(processor, prompts[:1], audios=audios)
+    with torch.no_grad():
+        sequences = model.generate(**single, max_new_tokens=4, do_sample=False)
+    eos = eos_ids(model)
+    got = generated_tokens(sequences, single["input_ids"].shape[1], eos, processor.tokenizer.pad_token_id)[0]
+    assert got == greedy_by_hand(model, single, 4, eos)
+    batch = tester.prepare_inputs(processor, prompts, audios=audios)
+    length = single["input_ids"].shape[1]
+    diff = max_diff(logits_of(model, batch)[0, -length:], logits_of(model, single)[0])
+    assert diff < tester.atol, f"audio item: batch vs single max abs diff {diff:.3g}"
+
+
 # -- pipelines --------------------------------------------------------------------------------------------------------
 def expected_answer(model, processor, inputs, max_new_tokens: int) -> str:
     with torch.no_grad():
@@ -314,13 +342,14 @@ def expected_answer(model, processor, inputs, max_new_tokens: int) -> str:
     return processor.decode(sequences[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_image_text_to_text_pipeline_with_images(tester, saved):
     path = saved(tester)
     pipe = pipeline("image-text-to-text", model=str(path))
     images = tester.make_images(2, seed=3)
-    messages = [{"role": "user", "content": [{"type": "image", "image": images[0]}, {"type": "image", "image": images[1]},
-                                             {"type": "text", "text": "Compare the images."}]}]
+    content = [{"type": "image", "image": image} for image in images]
+    content.append({"type": "text", "text": "Compare the images."})
+    messages = [{"role": "user", "content": content}]
     out = pipe(text=messages, max_new_tokens=5, do_sample=False, return_full_text=False)
     processor = pipe.processor
     prompt = tester.build_prompt(processor, num_images=2, question="Compare the images.")
@@ -328,7 +357,7 @@ def test_image_text_to_text_pipeline_with_images(tester, saved):
     assert out[0]["generated_text"] == expected_answer(pipe.model, processor, inputs, 5)
 
 
-@pytest.mark.parametrize("tester", VIDEO_TESTERS, ids=[t.name for t in VIDEO_TESTERS])
+@for_each_tester(lambda t: t.supports_video)
 def test_image_text_to_text_pipeline_with_a_video_file(tester, saved, tmp_path):
     frames = tester.make_video(num_frames=4)
     video_path = tmp_path / "clip.mp4"
@@ -348,7 +377,7 @@ def test_image_text_to_text_pipeline_with_a_video_file(tester, saved, tmp_path):
 
 
 # -- bad inputs -------------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_placeholder_count_differs_from_features(tester):
     model, processor = tester.make_model(), tester.get_processor()
     inputs = tester.example_inputs(processor, num_images=1)
@@ -363,7 +392,7 @@ def test_placeholder_count_differs_from_features(tester):
     assert str(num_placeholders - 1) in message and str(num_placeholders) in message, message
 
 
-@pytest.mark.parametrize("tester", TESTERS, ids=IDS)
+@for_each_tester()
 def test_image_count_differs_from_placeholders(tester):
     processor = tester.get_processor()
     prompt = tester.build_prompt(processor, num_images=1)
@@ -372,7 +401,7 @@ def test_image_count_differs_from_placeholders(tester):
     assert "1" in str(error.value) and "2" in str(error.value), str(error.value)
 
 
-@pytest.mark.parametrize("tester", with_known_failures(TESTERS, "wrong_pixel_size"))
+@for_each_tester()
 def test_wrong_pixel_size_raises_value_error(tester):
     model, processor = tester.make_model(), tester.get_processor()
     inputs = tester.example_inputs(processor, num_images=1)

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, InternVLForConditionalGeneration
 
 import vistok  # noqa: F401
+from hub_fixtures import fake_hub, hub_client  # noqa: F401  (pytest fixtures)
 from vistok.conversion.__main__ import main as convert_main
 from vistok.conversion.convert_internvl2_5 import split_wqkv
 from vistok.conversion.utils import ConversionError
@@ -163,7 +164,7 @@ def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
     """Convert a release that ships tokenizer files, then use only the pipeline, like a new user."""
     from transformers import AutoProcessor, pipeline
 
-    from mm_testers import answer_by_hand, read_video, write_video
+    from mm_testers import answer_by_hand, write_video
 
     case = parity_cases(parity_root)[0]
     source = source_with_tokenizer(case, tmp_path / "release")
@@ -178,11 +179,94 @@ def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8))
     video_path = tmp_path / "clip.mp4"
-    write_video(video_path, rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8))
+    write_video(video_path, rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), fps=5)  # 8 frames sampled
+    # like the original `load_video`: 8 frames at segment centres
+    assert processor.video_processor(videos=[str(video_path)], return_tensors="pt")["pixel_values_videos"].shape[1] == 8
     for part, media in (({"type": "image", "image": image}, {"images": [image]}),
-                        ({"type": "video", "path": str(video_path)}, {"videos": [read_video(video_path)]})):
+                        ({"type": "video", "path": str(video_path)}, {"videos": [str(video_path)]})):
         messages = [{"role": "user", "content": [part, {"type": "text", "text": "Describe it."}]}]
         answer = pipe(text=messages, max_new_tokens=4, do_sample=False, return_full_text=False)[0]["generated_text"]
         assert answer == answer_by_hand(model, processor, messages, 4, **media)
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     assert prompt.startswith("<|im_start|>system\n")  # the original default system message
+
+
+def test_internlm2_release_tokenizer_is_read_without_remote_code(parity_root, tmp_path):
+    """InternLM2.5-based releases ship a sentencepiece ``tokenizer.model`` behind remote code (``InternLM2Tokenizer``)
+    plus added special tokens; the converter reads it as a Llama tokenizer. Reference: sentencepiece itself."""
+    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    def llm_type(c):
+        return json.loads((c / "original" / "config.json").read_text())["llm_config"]["model_type"]
+
+    case = next((c for c in parity_cases(parity_root) if llm_type(c) == "internlm2"), None)
+    if case is None:
+        pytest.skip("no InternLM2 case")
+    with safe_open(str(case / "io.safetensors"), "pt") as handle:
+        meta = handle.metadata()
+    vocab_size = json.loads((case / "original" / "config.json").read_text())["llm_config"]["vocab_size"]
+    source = tmp_path / "release"
+    source.mkdir()
+    for path in (case / "original").iterdir():
+        (source / path.name).write_bytes(path.read_bytes())
+    # a tiny sentencepiece BPE model; InternVL's tokens are added after it, up to the model's vocabulary size
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "what", "is", "shown", "here", "describe", "image", "frame"]
+    words += ["".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), rng.integers(2, 8))) for _ in range(400)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words, 8)) for _ in range(300)))
+    image_ids = [int(meta["img_start_token_id"]), int(meta["img_end_token_id"]), int(meta["img_context_token_id"])]
+    sp_size = min(image_ids) - 4
+    spm.SentencePieceTrainer.train(input=str(corpus), model_prefix=str(tmp_path / "sp"), vocab_size=sp_size,
+                                   model_type="bpe", character_coverage=1.0, bos_id=1, eos_id=2, unk_id=0)
+    (source / "tokenizer.model").write_bytes((tmp_path / "sp.model").read_bytes())
+    added_tokens = ["<|im_end|>", "<|im_start|>", "<|action_start|>", "<|action_end|>",
+                    "<img>", "</img>", "<IMG_CONTEXT>"]
+    added = dict(zip(range(sp_size, vocab_size), added_tokens))
+    assert added[image_ids[2]] == "<IMG_CONTEXT>"
+    (source / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "InternLM2Tokenizer",
+        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": "</s>",
+        "added_tokens_decoder": {str(i): {"content": t, "special": True, "lstrip": False, "rstrip": False,
+                                          "normalized": False, "single_word": False} for i, t in added.items()},
+    }))
+
+    dest = tmp_path / "converted"
+    assert convert_main(["internvl2_5", str(source), str(dest)]) == 0
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(dest)
+    tokenizer = processor.tokenizer
+    assert [tokenizer.convert_tokens_to_ids(t) for t in ("<img>", "</img>", "<IMG_CONTEXT>")] == image_ids
+    assert json.loads((dest / "config.json").read_text())["image_token_id"] == image_ids[2]
+    reference = spm.SentencePieceProcessor(model_file=str(tmp_path / "sp.model"))
+    text = "what is shown here describe the cat"
+    assert tokenizer(text).input_ids == [reference.bos_id(), *reference.encode(text)]
+    assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
+    inputs = processor(text=["<IMG_CONTEXT>\ndescribe"], images=[Image.new("RGB", (20, 36))], return_tensors="pt")
+    assert (inputs["input_ids"] == image_ids[2]).sum() == 4 * inputs["pixel_values"].shape[0]
+
+
+def test_convert_from_a_hub_repo_id(parity_root, hub_client, tmp_path):
+    """SOURCE may be the Hub id of an original release: only weights / configs / tokenizer files are downloaded."""
+    from huggingface_hub import HfApi
+
+    case = parity_cases(parity_root)[0]
+    repo_id = "OpenGVLab-tests/InternVL2_5-tiny"
+    release = tmp_path / "release"
+    release.mkdir()
+    for path in (case / "original").iterdir():
+        (release / path.name).write_bytes(path.read_bytes())
+    (release / "modeling_internvl_chat.py").write_text("raise RuntimeError('remote code must never run')\n")
+    api = HfApi()
+    api.create_repo(repo_id)
+    api.upload_folder(repo_id=repo_id, folder_path=release)
+    assert convert_main(["internvl2_5", repo_id, str(tmp_path / "converted")]) == 0
+    downloaded = {p.name for p in hub_client.cache_dir.rglob("*") if p.is_file() and "snapshots" in p.parts}
+    assert "model.safetensors" in downloaded and "modeling_internvl_chat.py" not in downloaded
+    io = load_file(str(case / "io.safetensors"))
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "converted").eval()
+    with torch.no_grad():
+        logits = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"]).logits
+    torch.testing.assert_close(logits, io["logits"], atol=1e-4, rtol=1e-4)

@@ -57,7 +57,8 @@ def test_parity_with_the_original_code(parity_root, tmp_path):
             features = model.model.get_image_features(
                 pixel_values=image["pixel_values"], image_grid_thw=image["image_grid_thw"],
                 image_merge_sizes=image["image_merge_sizes"])
-            assert_close("image_vision_encoder_output", features.last_hidden_state, io["image_vision_encoder_output"], diffs)
+            assert_close("image_vision_encoder_output", features.last_hidden_state,
+                         io["image_vision_encoder_output"], diffs)
             assert_close("image_mm_features", torch.cat(features.pooler_output), io["image_mm_features"], diffs)
             input_ids = io["image_input_ids"]
             logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **image).logits
@@ -65,7 +66,8 @@ def test_parity_with_the_original_code(parity_root, tmp_path):
 
         # video: processor (pixels, grid, DiffFP mask exact) -> features -> logits over the pruned sequence
         video_processor = AutoVideoProcessor.from_pretrained(dest)
-        video = video_processor(videos=[io["video_raw"].numpy()], return_tensors="pt")
+        # the fixture's frames are already sampled (1 fps in the original `load_video`)
+        video = video_processor(videos=[io["video_raw"].numpy()], do_sample_frames=False, return_tensors="pt")
         # the torchvision video backend fuses rescale and normalise: equal up to float rounding (~6e-8)
         assert_close("video_pixel_values", video["pixel_values_videos"], io["video_pixel_values"], diffs)
         assert diffs["video_pixel_values"] < 1e-6
@@ -87,7 +89,8 @@ def test_parity_with_the_original_code(parity_root, tmp_path):
             features = model.model.get_video_features(
                 pixel_values_videos=video["pixel_values_videos"], video_grid_thw=video["video_grid_thw"],
                 video_merge_sizes=video["video_merge_sizes"])
-            assert_close("video_vision_encoder_output", features.last_hidden_state, io["video_vision_encoder_output"], diffs)
+            assert_close("video_vision_encoder_output", features.last_hidden_state,
+                         io["video_vision_encoder_output"], diffs)
             assert_close("video_mm_features", torch.cat(features.pooler_output), io["video_mm_features"], diffs)
             logits = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **video).logits
             assert_close("video_logits", logits, io["video_logits"], diffs)
@@ -131,7 +134,7 @@ def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
     from PIL import Image
     from transformers import AutoProcessor, pipeline
 
-    from mm_testers import answer_by_hand, make_char_tokenizer, read_video, write_video
+    from mm_testers import answer_by_hand, make_char_tokenizer, write_video
 
     case = parity_cases(parity_root)[0]
     original = json.loads((case / "original" / "config.json").read_text())
@@ -154,8 +157,10 @@ def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
     image = Image.fromarray(rng.integers(0, 256, (22, 30, 3), dtype=np.uint8))
     video_path = tmp_path / "clip.mp4"
     write_video(video_path, rng.integers(0, 256, (4, 16, 24, 3), dtype=np.uint8))
+    # like the original: 1 frame per second of the 4 s clip
+    assert processor.video_processor(videos=[str(video_path)], return_tensors="pt")["video_grid_thw"][0, 0] == 4
     for part, media in (({"type": "image", "image": image}, {"images": [image]}),
-                        ({"type": "video", "path": str(video_path)}, {"videos": [read_video(video_path)]})):
+                        ({"type": "video", "path": str(video_path)}, {"videos": [str(video_path)]})):
         messages = [{"role": "user", "content": [part, {"type": "text", "text": "Describe it."}]}]
         answer = pipe(text=messages, max_new_tokens=4, do_sample=False, return_full_text=False)[0]["generated_text"]
         assert answer == answer_by_hand(model, processor, messages, 4, **media)

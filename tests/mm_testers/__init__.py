@@ -26,21 +26,26 @@ Optional overrides (defaults in brackets):
 * ``image_sizes`` [((30, 44), (52, 26), (24, 24))]: raw (height, width) of the test images, chosen so that images in
   one batch give different numbers of tiles / patches;
 * ``batch_layout`` [(2, 0, 1)]: images per prompt of the mixed batch (the batch-equals-single check);
-* ``lora_parts`` [("llm", "vision")]: parts LoRA is tried on (see ``vistok.modeling.lora``);
+* ``lora_parts`` [("llm", "vision")]: parts LoRA is tried on. ``vistok.modeling.lora.get_lora_target_modules`` finds
+  them from the model's class attribute ``_lora_parts = {"llm": "model.language_model", "vision": "model.vision_tower",
+  "projector": "model.multi_modal_projector"}`` (module-name prefixes; transformers' classes are declared in
+  ``vistok/modeling/lora.py``); the gradient-checkpointing check also expects a ``"vision"`` part;
 * ``atol`` [1e-4]: tolerance of the exact-equality checks (batch vs single, save/load is always exact);
-* ``make_audio(seed)``: one waveform, when ``supports_audio``;
+* ``make_audio(seed)``: one waveform (what the processor's ``audio=`` accepts), when ``supports_audio``; the audio
+  check builds a prompt with one ``{"type": "audio"}`` part, compares ``generate()`` with a greedy loop and a batch
+  (one prompt with audio, one without) with the items one by one;
 * ``build_prompt(processor, num_images, num_videos, num_audios, question)``: text with placeholders [the processor's
   chat template applied to one user turn with that many ``{"type": "image"|"video"|"audio"}`` parts];
 * ``prepare_inputs(processor, prompts, images, videos, audios)``: ``images`` is one list per prompt; the default
   flattens it and calls ``processor(text=..., images=..., videos=..., padding=True, padding_side="left",
   return_tensors="pt")``;
 * ``corrupt_pixel_values(inputs)``: a copy of ``inputs`` whose pixels have the wrong size [last dimension cut by 2];
-* ``known_failures`` [{}]: ``{check: reason}`` for shared checks the model's (transformers') classes fail today; the
-  check runs as a strict xfail with that reason, so a fix upstream shows up. Checks that honour it:
-  ``"wrong_pixel_size"``;
-* ``reload_processor(path)``: the processor as a user reloads it to get the saved behaviour exactly
-  [``AutoProcessor.from_pretrained(path)``; InternVL / VideoLLaMA3 pass the PIL image-processor backend, because
-  ``AutoProcessor`` reloads the torchvision backend by default].
+* ``known_failures`` [{}]: ``{check: reason}`` for shared checks the model's (transformers') classes fail today, where
+  ``check`` is the test name without ``test_`` (e.g. ``"wrong_pixel_size_raises_value_error"``); the check then runs
+  as a strict xfail with that reason, so a fix shows up. Use it only for failures you report, never to hide a bug;
+* ``image_processor_backend`` [None]: the image-processor backend (``"pil"`` / ``"torchvision"``) the processor must
+  be reloaded with to behave exactly as saved (``AutoProcessor`` reloads the default, torchvision, backend); used by
+  ``reload_processor(path)``, which may also be overridden.
 
 Module helpers: ``make_tiny_tokenizer``, ``make_char_tokenizer`` (exact vocabulary size, for converted tiny
 checkpoints), ``write_video`` / ``read_video`` (PyAV).
@@ -153,6 +158,7 @@ class MultimodalTester:
     lora_parts: tuple[str, ...] = ("llm", "vision")
     atol: float = 1e-4
     known_failures: dict[str, str] = {}
+    image_processor_backend: str | None = None
 
     # -- to implement ------------------------------------------------------------------------------------------------
     def get_config(self):
@@ -220,9 +226,13 @@ class MultimodalTester:
         return bad
 
     def reload_processor(self, path):
-        from transformers import AutoProcessor
+        from transformers import AutoImageProcessor, AutoProcessor
 
-        return AutoProcessor.from_pretrained(path)
+        if self.image_processor_backend is None:
+            return AutoProcessor.from_pretrained(path)
+        # AutoProcessor(backend=...) would also apply the backend to the video processor, which may lack it
+        image_processor = AutoImageProcessor.from_pretrained(path, backend=self.image_processor_backend)
+        return AutoProcessor.from_pretrained(path, image_processor=image_processor)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"

@@ -2,8 +2,6 @@
 tile after the pixel shuffle; up to 4 tiles + thumbnail per image; a Qwen2 or a Llama (converted InternLM2) LLM."""
 
 from transformers import (
-    AutoImageProcessor,
-    AutoProcessor,
     GotOcr2ImageProcessorPil,
     InternVLConfig,
     InternVLForConditionalGeneration,
@@ -25,10 +23,13 @@ SPECIAL_TOKENS = {"start_image_token": "<img>", "end_image_token": "</img>", "co
 class InternVLTester(MultimodalTester):
     model_class = InternVLForConditionalGeneration
     supports_video = True
+    image_processor_backend = "pil"  # pixel-exact like the original; AutoProcessor reloads torchvision by default
     lora_parts = ("llm", "vision", "projector")
     known_failures = {
-        "wrong_pixel_size": "transformers' InternVLModel.get_image_features reshapes tiles of the wrong size without "
-        "a check: RuntimeError \"shape '[N, h, h, -1]' is invalid\" instead of a ValueError naming the tile size",
+        "wrong_pixel_size_raises_value_error": (
+            "transformers' InternVLModel.get_image_features reshapes tiles of the wrong size without a check: "
+            "RuntimeError \"shape '[N, h, h, -1]' is invalid\" instead of a ValueError naming the tile size"
+        ),
     }
 
     def __init__(self, name: str, text_model_type: str, norm_type: str = "layer_norm"):
@@ -72,10 +73,6 @@ class InternVLTester(MultimodalTester):
             image_seq_length=4, chat_template=internvl2_5_chat_template(default_system_message=None),
         )
 
-    def reload_processor(self, path):
-        # AutoProcessor alone reloads the torchvision backend (not pixel-exact); backend="pil" on AutoProcessor fails
-        # because the video processor has no PIL backend
-        return AutoProcessor.from_pretrained(path, image_processor=AutoImageProcessor.from_pretrained(path, backend="pil"))
 
 
 TESTERS = [

@@ -2,8 +2,6 @@
 per patch), videos at merge 2 with DiffFP token pruning; a Qwen2 LLM with a tied or an untied head."""
 
 from transformers import (
-    AutoImageProcessor,
-    AutoProcessor,
     VideoLlama3Config,
     VideoLlama3ForConditionalGeneration,
     VideoLlama3ImageProcessorPil,
@@ -23,10 +21,13 @@ SPECIAL_TOKENS = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"
 class VideoLlama3Tester(MultimodalTester):
     model_class = VideoLlama3ForConditionalGeneration
     supports_video = True
+    image_processor_backend = "pil"  # pixel-exact like the original; AutoProcessor reloads torchvision by default
     lora_parts = ("llm", "vision", "projector")
     known_failures = {
-        "wrong_pixel_size": "transformers' VideoLlama3VisionEmbeddings views flattened patches of the wrong length "
-        "without a check: RuntimeError \"shape '[-1, 3, p, p]' is invalid\" instead of a ValueError",
+        "wrong_pixel_size_raises_value_error": (
+            "transformers' VideoLlama3VisionEmbeddings views flattened patches of the wrong length without a check: "
+            "RuntimeError \"shape '[-1, 3, p, p]' is invalid\" instead of a ValueError"
+        ),
     }
 
     def __init__(self, name: str, tie_word_embeddings: bool):
@@ -64,9 +65,6 @@ class VideoLlama3Tester(MultimodalTester):
             video_processor=video_processor, chat_template=videollama3_chat_template(),
         )
 
-    def reload_processor(self, path):
-        # as for InternVL: the default torchvision backend is not pixel-exact and the video processor has no PIL one
-        return AutoProcessor.from_pretrained(path, image_processor=AutoImageProcessor.from_pretrained(path, backend="pil"))
 
 
 TESTERS = [
