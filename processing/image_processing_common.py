@@ -11,7 +11,13 @@ from transformers.image_utils import PILImageResampling
 
 
 class TokenizerPostprocessMixin:
-    """Inverse of the preprocessing normalisation: model-range reconstructions -> images."""
+    """Inverse of the preprocessing normalisation: model-range reconstructions -> images (and a clear error for an
+    empty image list on the way in)."""
+
+    def preprocess(self, images, *args, **kwargs):
+        if isinstance(images, (list, tuple)) and len(images) == 0:
+            raise ValueError("got an empty list of images; pass at least one image (PIL image, array or tensor).")
+        return super().preprocess(images, *args, **kwargs)
 
     def postprocess(self, reconstruction, output_type: str = "pil"):
         """``reconstruction``: [B, C, H, W] (or [C, H, W]) in the model's range -> list of PIL images

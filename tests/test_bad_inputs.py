@@ -98,3 +98,32 @@ def test_layout_describes_the_model(tester, model_and_encoding):
     if layout.tokens == "1d":
         count = layout.num_tokens or layout.max_tokens
         assert encoded.latents.shape[1] == count
+
+
+def test_empty_image_list_raises_in_the_processor(tester):
+    if len(tester.input_shape) != 3:
+        pytest.skip("image processors only")
+    with pytest.raises(ValueError, match="got an empty list of images"):
+        tester.make_image_processor()([], return_tensors="pt")
+
+
+def test_pipelines_say_what_a_conditional_decoder_needs(tester):
+    """`image-tokenization` passes `decode_kwargs` through; without the condition it names what is missing."""
+    if len(tester.input_shape) != 3 or "text_guidance" not in tester.make_decode_kwargs(1):
+        pytest.skip("decoder without a condition, or a video tokenizer")
+    import numpy as np
+    from PIL import Image
+    from transformers import pipeline
+
+    model, processor = tester.make_model(), tester.make_image_processor()
+    pipe = pipeline("image-tokenization", model=model, image_processor=processor)
+    _, height, width = tester.input_shape
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height + 3, width + 5, 3), dtype=np.uint8))
+    with pytest.raises(ValueError, match="needs `text_guidance`"):
+        pipe(image)
+    result = pipe(image, decode_kwargs=tester.make_decode_kwargs(1))
+    assert result["image"].size == (width, height)
+    features = pipeline("image-feature-extraction", model=model, image_processor=processor)(image)
+    with torch.no_grad():
+        expected = model.encode(processor(image, return_tensors="pt")["pixel_values"]).latents[0]
+    torch.testing.assert_close(torch.tensor(features[0]), expected)
