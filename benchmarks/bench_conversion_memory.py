@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 
 def synthetic_state_dict(hidden: int, layers: int, vocab: int, vit_hidden: int = 256, vit_layers: int = 4) -> dict:
-    """Original InternVL2.5 key names and shapes, filled with a constant (the memory is touched, values are irrelevant)."""
+    """Original InternVL2.5 key names and shapes, filled with a constant (memory touched, values irrelevant)."""
     def t(*shape):
         return torch.full(shape, 0.01, dtype=torch.bfloat16)
 
