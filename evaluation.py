@@ -527,12 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vistok-eval",
         description="Reconstruction PSNR/SSIM of a vistok tokenizer on an image folder or a Hub dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", help="model directory or Hub id (loaded with AutoModel + AutoImageProcessor)")
     parser.add_argument("data", help="image folder (datasets' imagefolder) or Hub dataset id")
-    parser.add_argument("--output-dir", default="vistok-eval", help="where report.json, report.md, grid.png go")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--output-dir", default="vistok-eval", help="where report.json, report.md, grid.png go (default: vistok-eval)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per encode/decode call (default: 16)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--split", default=None, help="dataset split (default: validation, else test, else train)")
     parser.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
@@ -541,9 +540,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help='extra model.decode arguments, e.g. \'{"num_steps": 25, "guidance_scale": 7.5}\'')
     parser.add_argument("--seed", type=int, default=0, help="seed for stochastic decoders")
     parser.add_argument("--num-tokens", type=int, default=None, help="decode only the first K tokens (1D tokenizers)")
-    parser.add_argument("--grid-images", type=int, default=8, help="images shown in grid.png (0: no grid)")
+    parser.add_argument("--grid-images", type=int, default=8, help="images shown in grid.png (0: no grid; default: 8)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                        help="weights dtype (default: float32)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--skip-corrupt", action="store_true",
                         help="skip unreadable image files (listed in the report) instead of stopping")

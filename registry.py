@@ -14,8 +14,9 @@ System(
 ```
 
 Paths are ``"module:attribute"`` relative to the ``vistok`` package, or absolute for a transformers class
-(``"transformers.models.emu3.configuration_emu3:Emu3Config"``: the module that defines it). A system's ``name`` is
-its config's ``model_type`` (a test checks this). Nothing is
+(``"transformers.models.emu3.configuration_emu3:Emu3Config"``: the module that defines it). A vistok config's
+``model_type`` is its system's ``name`` (a test checks this); a system built on a transformers class names its
+converter instead. Nothing is
 imported here: ``import vistok`` records the entries in transformers' Auto mappings as import paths, and a class is
 imported the first time transformers asks for it (``AutoModel.from_pretrained`` of that model type, say). This
 keeps ``import vistok`` and the CLIs' ``--help`` about as cheap as ``import transformers``, and heavy dependencies
@@ -87,14 +88,45 @@ SYSTEMS = (
             "modeling.scheduling_flextok:FlexTokFlowSampler",
         ),
     ),
-    # already in transformers: vistok adds only the converters from the original releases (no second model_type)
     System(
-        "internvl",
+        "oryx_vit",
+        config="modeling.configuration_ola:OryxViTConfig",
+        models={"AutoModel": "modeling.modeling_ola:OryxViTModel"},
+    ),
+    System(
+        "beats",
+        config="modeling.configuration_ola:BeatsConfig",
+        models={"AutoModel": "modeling.modeling_beats:BeatsModel"},
+    ),
+    System(
+        "ola",
+        config="modeling.configuration_ola:OlaConfig",
+        models={
+            "AutoModel": "modeling.modeling_ola:OlaModel",
+            "AutoModelForImageTextToText": "modeling.modeling_ola:OlaForConditionalGeneration",
+            "AutoModelForMultimodalLM": "modeling.modeling_ola:OlaForConditionalGeneration",
+        },
+        image_processors={
+            "torchvision": "processing.image_processing_ola:OlaImageProcessor",
+            "pil": "processing.image_processing_ola:OlaImageProcessor",
+        },
+        feature_extractor="processing.feature_extraction_ola:OlaFeatureExtractor",
+        processor="processing.processing_ola:OlaProcessor",
+        converters={"ola": "conversion.convert_ola"},
+        exports=(
+            "modeling.configuration_ola:OLA_VARIANTS",
+            "modeling.modeling_ola:OlaPreTrainedModel",
+            "processing.streaming:SentenceStreamer",
+        ),
+    ),
+    # transformers implements these two faithfully: vistok adds the conversion from the original releases
+    System(
+        "internvl2_5",
         config="transformers.models.internvl.configuration_internvl:InternVLConfig",
         converters={"internvl2_5": "conversion.convert_internvl2_5"},
     ),
     System(
-        "video_llama_3",
+        "videollama3",
         config="transformers.models.video_llama_3.configuration_video_llama_3:VideoLlama3Config",
         converters={"videollama3": "conversion.convert_videollama3"},
     ),
@@ -268,8 +300,7 @@ _HOOKS = {
     "transformers.models.auto.feature_extraction_auto": _register_in("FEATURE_EXTRACTOR_MAPPING", "feature_extractor"),
     "transformers.models.auto.processing_auto": _register_in("PROCESSOR_MAPPING", "processor"),
     "transformers.pipelines": _register_pipelines,
-    # video files decode with PyAV when torchcodec is unusable (see processing/video_io.py)
-    "transformers.video_processing_utils": lambda module: resolve("processing.video_io:install_pyav_fallback")(module),
+    "transformers.video_processing_utils": lambda module: resolve("processing.video_io:install_pyav_fallback")(),
 }
 
 

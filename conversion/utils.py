@@ -42,7 +42,8 @@ class ConversionResult:
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Loads a state dict from a safetensors file, or a ``.bin/.pt/.pth/.ckpt`` file with
     ``torch.load(weights_only=True)`` (nothing in it is executed). Training checkpoints that wrap the weights
-    (``{"state_dict": ...}``, ``{"model": ...}``, ``{"ema": ...}``, ``{"module": ...}``) are unwrapped; ``ema`` wins."""
+    (``{"state_dict": ...}``, ``{"model_state_dict": ...}`` (openai-whisper), ``{"model": ...}``, ``{"ema": ...}``,
+    ``{"module": ...}``) are unwrapped; ``ema`` wins."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"checkpoint file {path} does not exist.")
@@ -58,7 +59,7 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             f"could not read {path} with torch.load(weights_only=True): {error}. Only plain tensor checkpoints are "
             "accepted; nothing in a checkpoint is executed."
         ) from error
-    for wrapper_key in ("ema", "state_dict", "model", "module"):
+    for wrapper_key in ("ema", "state_dict", "model_state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper_key), dict):
             state = state[wrapper_key]
             break
@@ -161,9 +162,11 @@ def require_tensor(state_dict: dict[str, torch.Tensor], key: str, what: str, rol
     return state_dict[key]
 
 
-def count_layers(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
-    """Number of numbered blocks under ``prefix`` (keys ``f"{prefix}{i}.…"``); they must be numbered 0..n-1."""
-    indices = {int(key[len(prefix):].split(".")[0]) for key in state_dict if key.startswith(prefix)}
+def count_layers(keys, prefix: str) -> int:
+    """Number of numbered blocks ``f"{prefix}.{i}.…"`` among ``keys`` (a state dict or its names; ``prefix`` with or
+    without the trailing dot); they must exist and be numbered 0..n-1."""
+    prefix = prefix.rstrip(".") + "."
+    indices = {int(m.group(1)) for key in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", key))}
     if not indices or sorted(indices) != list(range(len(indices))):
         raise ConversionError(f"the layers under {prefix!r} are missing or not numbered 0..n-1: {sorted(indices)}")
     return len(indices)
@@ -355,9 +358,9 @@ def save_conversion(
 
     Everything is written to a temporary folder next to ``dest`` and moved into place only when complete (and, with
     ``verify``, reloaded through the Auto classes without missing or unused weights), so a failed or interrupted
-    conversion leaves ``dest`` as it was. ``result.model`` is released before that reload, so an LLM-sized model is
-    never held twice. ``dest`` must not overlap ``source``; a non-empty ``dest`` is replaced only
-    with ``force``."""
+    conversion leaves ``dest`` as it was. ``dest`` must not overlap ``source``; a non-empty ``dest`` is replaced only
+    with ``force``. ``result.model`` is released once written, so the verification never holds a second copy of an
+    LLM-sized model. The Hub upload is one commit with exactly the files written."""
     dest = check_paths(source, dest, force)
     model = result.model
     if dtype is not None:
@@ -372,7 +375,6 @@ def save_conversion(
         if not (staging / "README.md").exists():
             (staging / "README.md").write_text(_usage_card(model, arch, source), encoding="utf-8")
         model_class = type(model)
-        # release the converted weights first, so the reload below never holds a second copy of an LLM-sized model
         result.model = model = None
         gc.collect()
         if verify:
@@ -389,8 +391,7 @@ def save_conversion(
         logger.info("pushing %s to the Hub repo %s", dest, push_to_hub)
         api = HfApi()
         api.create_repo(push_to_hub, exist_ok=True)
-        # exactly the verified files, usage card included, in one commit
-        api.upload_folder(repo_id=push_to_hub, folder_path=dest, commit_message="Upload model converted by vistok")
+        api.upload_folder(repo_id=push_to_hub, folder_path=dest, commit_message="Upload converted model (vistok-convert)")
     return dest
 
 
