@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 
 def synthetic_state_dict(hidden: int, layers: int, vocab: int, vit_hidden: int = 256, vit_layers: int = 4) -> dict:
-    """Original InternVL2.5 key names and shapes, filled with a constant (the memory is touched, values are irrelevant)."""
+    """Original InternVL2.5 key names and shapes, filled with a constant (memory touched, values irrelevant)."""
     def t(*shape):
         return torch.full(shape, 0.01, dtype=torch.bfloat16)
 
@@ -111,7 +111,9 @@ def main() -> None:
     converted = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     peak = int(converted.stdout.split("PEAK")[-1].split()[0])  # Linux reports ru_maxrss in KiB
-    baseline_script = ("import vistok, transformers, torch, resource; "
+    # the same imports as the conversion (converter, transformers' InternVL classes), no weights
+    baseline_script = ("import resource, transformers; import vistok.conversion.convert_internvl2_5; "
+                       "transformers.InternVLForConditionalGeneration; "
                        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)")
     baseline = subprocess.run([sys.executable, "-c", baseline_script], check=True, capture_output=True, text=True)
     base = int(baseline.stdout.split()[-1])

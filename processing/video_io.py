@@ -25,10 +25,12 @@ def _fetch_videos_with_pyav_fallback(self, video_url_or_urls, sample_indices_fn=
     return load_video(video_url_or_urls, backend="pyav", sample_indices_fn=sample_indices_fn)
 
 
-def install_pyav_fallback(video_processing_utils) -> None:
-    """Makes every video processor of ``transformers.video_processing_utils`` decode video files with PyAV when
-    torchcodec is unusable (idempotent)."""
+def install_pyav_fallback(video_processing_utils=None) -> None:
+    """Makes every video processor of ``transformers.video_processing_utils`` (imported here when not given) decode
+    video files with PyAV when torchcodec is unusable (idempotent)."""
     global _original_fetch_videos
+    if video_processing_utils is None:
+        import transformers.video_processing_utils as video_processing_utils
     base = video_processing_utils.BaseVideoProcessor
     if base.fetch_videos is not _fetch_videos_with_pyav_fallback:
         _original_fetch_videos = base.fetch_videos

@@ -270,3 +270,44 @@ def test_convert_from_a_hub_repo_id(parity_root, hub_client, tmp_path):
     with torch.no_grad():
         logits = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"]).logits
     torch.testing.assert_close(logits, io["logits"], atol=1e-4, rtol=1e-4)
+
+
+def test_internvit_6b_flavour_rmsnorm_qk_norm_no_bias(parity_root, tmp_path):
+    """InternViT-6B layout (RMSNorm, QK-norm over all heads, no qkv bias): every tensor lands where it belongs."""
+    case = next(c for c in parity_cases(parity_root)
+                if json.loads((c / "original" / "config.json").read_text())["llm_config"]["model_type"] == "qwen2")
+    state = load_file(str(case / "original" / "model.safetensors"))
+    config = json.loads((case / "original" / "config.json").read_text())
+    generator = torch.Generator().manual_seed(0)
+    for key in [k for k in state if k.startswith("vision_model.encoder.layers.")]:
+        if key.endswith(("norm1.bias", "norm2.bias", "attn.qkv.bias")):
+            del state[key]
+        elif key.endswith("attn.qkv.weight"):
+            width = state[key].shape[1]
+            stem = key.removesuffix("qkv.weight")
+            state[stem + "q_norm.weight"] = 1 + 0.2 * torch.randn(width, generator=generator)
+            state[stem + "k_norm.weight"] = 1 + 0.2 * torch.randn(width, generator=generator)
+    config["vision_config"] |= {"norm_type": "rms_norm", "qkv_bias": False, "qk_normalization": True}
+    source = tmp_path / "release"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps(config))
+    save_file(state, str(source / "model.safetensors"))
+
+    assert convert_main(["internvl2_5", str(source), str(tmp_path / "converted")]) == 0
+    model, info = AutoModelForImageTextToText.from_pretrained(tmp_path / "converted", output_loading_info=True)
+    assert all(not v for v in info.values()), info
+    vision = model.config.vision_config
+    assert (vision.norm_type, vision.use_qk_norm, vision.attention_bias) == ("rms_norm", True, False)
+    layer = model.model.vision_tower.encoder.layer[1]
+    prefix = "vision_model.encoder.layers.1."
+    assert torch.equal(layer.attention.q_norm.weight, state[prefix + "attn.q_norm.weight"])
+    assert torch.equal(layer.attention.k_norm.weight, state[prefix + "attn.k_norm.weight"])
+    assert torch.equal(layer.layernorm_before.weight, state[prefix + "norm1.weight"])
+    qkv = state[prefix + "attn.qkv.weight"]
+    width = qkv.shape[1]
+    assert torch.equal(layer.attention.k_proj.weight, qkv[width:2 * width])
+    assert layer.attention.q_proj.bias is None
+    io = load_file(str(case / "io.safetensors"))
+    with torch.no_grad():
+        logits = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"]).logits
+    assert torch.isfinite(logits).all() and not torch.allclose(logits, io["logits"], atol=1e-3)  # the tower changed

@@ -74,7 +74,6 @@ class InternVLTester(MultimodalTester):
         )
 
 
-
 TESTERS = [
     InternVLTester("internvl2_5-qwen2", "qwen2"),
     InternVLTester("internvl2_5-llama-rmsnorm-vit", "llama", norm_type="rms_norm"),

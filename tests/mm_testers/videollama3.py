@@ -66,7 +66,6 @@ class VideoLlama3Tester(MultimodalTester):
         )
 
 
-
 TESTERS = [
     VideoLlama3Tester("videollama3-untied", tie_word_embeddings=False),
     VideoLlama3Tester("videollama3-tied", tie_word_embeddings=True),
