@@ -13,6 +13,7 @@ from .modeling import (
     FlexTokPreTrainedModel,
 )
 from .modeling import LARP_VARIANTS, LARPConfig, LARPModel, LARPPreTrainedModel
+from .modeling import LARP_AR_VARIANTS, LARPARConfig, LARPARForCausalLM, LARPARModel
 from .modeling import MAETOK_VARIANTS, MAETokConfig, MAETokModel, MAETokPreTrainedModel
 from .modeling import TITOK_VARIANTS, TiTokConfig, TiTokModel, TiTokPreTrainedModel
 from .processing import FlexTokImageProcessor, FlexTokImageProcessorPil
@@ -34,7 +35,11 @@ __all__ = [
     "FlexTokImageProcessorPil",
     "FlexTokModel",
     "FlexTokPreTrainedModel",
+    "LARP_AR_VARIANTS",
     "LARP_VARIANTS",
+    "LARPARConfig",
+    "LARPARForCausalLM",
+    "LARPARModel",
     "LARPConfig",
     "LARPModel",
     "LARPPreTrainedModel",

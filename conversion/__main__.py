@@ -14,6 +14,7 @@ CONVERTERS = {
     "flextok": "convert_flextok",
     "maetok": "convert_maetok",
     "larp": "convert_larp",
+    "larp-ar": "convert_larp_ar",
 }
 
 

@@ -12,8 +12,6 @@ every released preset. The fixed sin-cos tables the release stores as buffers ar
 model computes and then dropped.
 """
 
-from pathlib import Path
-
 import torch
 
 from ..modeling.configuration_larp import LARP_PRIOR_PRESETS, LARPConfig
@@ -23,12 +21,10 @@ from .utils import (
     ConversionError,
     ConversionResult,
     count_layers,
-    find_checkpoint_file,
-    load_checkpoint,
-    load_config_file,
     load_into_model,
     load_presets,
     logger,
+    read_checkpoint_and_config,
     rename_state_dict,
     require_tensor,
     split_fused_qkv,
@@ -78,17 +74,6 @@ RELEASED_FLAGS = {
 }
 TRANSFORMER = "transformer_encoder_parallel"
 # fmt: on
-
-
-def _read_source(source: Path, config_file) -> tuple[dict, dict]:
-    source = Path(source)
-    checkpoint = find_checkpoint_file(source, preferred=("model.safetensors", "pytorch_model.bin"))
-    if config_file is None:
-        config_file = (source if source.is_dir() else source.parent) / "config.json"
-        if not config_file.is_file():
-            raise ConversionError(f"no config.json next to {checkpoint}; pass the original config with --config.")
-    logger.info("reading %s and %s", checkpoint, config_file)
-    return load_checkpoint(checkpoint), load_config_file(config_file)
 
 
 def _check_released_layout(original: dict) -> dict:
@@ -199,7 +184,7 @@ def convert_state_dict(state_dict: dict, model: LARPModel) -> tuple[dict, list]:
 
 
 def convert(source, config_file=None, presets_file=None) -> ConversionResult:
-    state_dict, original = _read_source(source, config_file)
+    state_dict, original = read_checkpoint_and_config(source, config_file)
     presets = load_presets(LARP_PRIOR_PRESETS, presets_file)
     config = build_config(state_dict, original, presets)
     logger.info("building LARPModel (%d tokens, %s prior)", config.num_latent_tokens,

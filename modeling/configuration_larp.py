@@ -26,6 +26,12 @@ LARP_VARIANTS = {
 }
 
 
+def _variant_fields(table: dict, name: str) -> dict:
+    if name not in table:
+        raise ValueError(f"unknown variant {name!r}; known: {sorted(table)}.")
+    return {key: value for key, value in table[name].items() if key != "hub_id"}
+
+
 @strict
 class LARPConfig(PreTrainedConfig):
     r"""
@@ -136,14 +142,110 @@ class LARPConfig(PreTrainedConfig):
     @classmethod
     def from_variant(cls, name: str, with_prior: bool = False, **kwargs) -> "LARPConfig":
         """Config of a released tokenizer from `LARP_VARIANTS` (random weights; convert the release for weights)."""
-        if name not in LARP_VARIANTS:
-            raise ValueError(f"unknown LARP variant {name!r}; known: {sorted(LARP_VARIANTS)}.")
-        variant = dict(LARP_VARIANTS[name])
-        variant.pop("hub_id")
+        variant = _variant_fields(LARP_VARIANTS, name)
         prior = LARP_PRIOR_PRESETS[variant.pop("prior")]
         if with_prior:
             variant |= {f"prior_{key}": value for key, value in prior.items()}
         return cls(**(variant | kwargs))
 
 
-__all__ = ["LARPConfig", "LARP_PRIOR_PRESETS", "LARP_VARIANTS"]
+# Released generators: name -> original hub id and config fields.
+LARP_AR_VARIANTS = {
+    "larp_l_long_ar": {
+        "hub_id": "hywang66/LARP-L-long-AR", "vocab_size": 8192, "hidden_size": 1280, "num_hidden_layers": 30,
+        "num_attention_heads": 20, "intermediate_size": 3584, "num_classes": 101, "max_position_embeddings": 1024,
+    },
+    "larp_l_long_ar_fp": {
+        "hub_id": "hywang66/LARP-L-long-AR-FP", "vocab_size": 8192, "hidden_size": 1280, "num_hidden_layers": 30,
+        "num_attention_heads": 20, "intermediate_size": 3584, "frame_prediction": True, "num_condition_tokens": 1025,
+        "max_position_embeddings": 1024,
+    },
+}
+
+
+@strict
+class LARPARConfig(PreTrainedConfig):
+    r"""
+    Configuration of the LARP autoregressive generator (LlamaGen-style decoder with learned absolute positions and no
+    RoPE): class-conditional (`frame_prediction=False`) or frame prediction (`frame_prediction=True`, conditioned on
+    the tokens of the first frames followed by a separator).
+
+    Token ids of `input_ids`: `0..vocab_size-1` are LARP codes. Class-conditional models read the class label `c` as
+    the id `vocab_size + c` (`c = num_classes` is the null class of classifier-free guidance); frame-prediction
+    models have one more code id, `vocab_size`, the separator closing the condition.
+
+    Args:
+        vocab_size (`int`): LARP codebook size (8192). hidden_size / num_hidden_layers / num_attention_heads (`int`):
+            decoder size. num_key_value_heads (`int`, *optional*): grouped-query heads (default: all heads).
+        intermediate_size (`int`): SwiGLU width (`find_multiple(int(8 * hidden / 3), multiple_of)` in the original).
+        hidden_act (`str`), mlp_bias (`bool`): SwiGLU activation and bias. rms_norm_eps (`float`): RMSNorm epsilon.
+        max_position_embeddings (`int`): code tokens per clip (1024).
+        num_classes (`int`): classes of a class-conditional model (101 for UCF-101).
+        class_dropout_prob (`float`): training probability of replacing the class by the null class (its row exists
+            only when this is > 0).
+        frame_prediction (`bool`): condition on tokens instead of a class.
+        num_condition_tokens (`int`): length of the condition (1 class token, or the condition tokens + separator).
+        use_fixed_pe (`bool`): sin-cos absolute positions instead of learned ones.
+        embedding_dropout / hidden_dropout / attention_dropout (`float`): training dropouts (tokens, residual and
+            SwiGLU outputs, attention probabilities).
+        initializer_range (`float`): std of the weight init.
+    """
+
+    model_type = "larp_ar"
+    keys_to_ignore_at_inference = ["cache"]
+
+    vocab_size: int = 8192
+    hidden_size: int = 1280
+    num_hidden_layers: int = 30
+    num_attention_heads: int = 20
+    num_key_value_heads: int | None = None
+    intermediate_size: int = 3584
+    hidden_act: str = "silu"
+    mlp_bias: bool = False
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 1024
+    num_classes: int = 101
+    class_dropout_prob: float = 0.1
+    frame_prediction: bool = False
+    num_condition_tokens: int = 1
+    use_fixed_pe: bool = False
+    embedding_dropout: float = 0.1
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.0
+    initializer_range: float = 0.02
+    use_cache: bool = True
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        super().__post_init__(**kwargs)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def input_vocab_size(self) -> int:
+        """Number of valid `input_ids` (codes plus the class ids or the separator)."""
+        if self.frame_prediction:
+            return self.vocab_size + 1
+        return self.vocab_size + self.num_classes + (1 if self.class_dropout_prob > 0 else 0)
+
+    def validate_architecture(self):
+        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}), itself divisible by num_key_value_heads ({self.num_key_value_heads})."
+            )
+        if not self.frame_prediction and self.num_condition_tokens != 1:
+            raise ValueError(f"class-conditional models take one class token, got num_condition_tokens="
+                             f"{self.num_condition_tokens}.")
+
+    @classmethod
+    def from_variant(cls, name: str, **kwargs) -> "LARPARConfig":
+        """Config of a released generator from `LARP_AR_VARIANTS` (random weights; convert the release for weights)."""
+        return cls(**(_variant_fields(LARP_AR_VARIANTS, name) | kwargs))
+
+
+__all__ = ["LARPARConfig", "LARPConfig", "LARP_AR_VARIANTS", "LARP_PRIOR_PRESETS", "LARP_VARIANTS"]
