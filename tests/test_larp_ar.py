@@ -153,3 +153,65 @@ def test_save_load_and_attention_implementations(tmp_path):
         expected = model(ids).logits
         assert torch.equal(reloaded.eval()(ids).logits, expected)
         torch.testing.assert_close(eager(ids).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def _original_forward(weights: dict, args: dict, prefix_embeddings, idx):
+    """The released LARP_AR forward written out from its state dict (fused wqkv, RMSNorm, SwiGLU, absolute positions,
+    grouped-query heads repeated with repeat_interleave): an independent reference for the frame-prediction path."""
+    dim, heads = args["dim"], args["n_head"]
+    kv_heads, head_dim = args["n_kv_head"] or heads, args["dim"] // args["n_head"]
+
+    def rms(x, weight):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + args["norm_eps"]) * weight
+
+    x = torch.cat([prefix_embeddings, weights["tok_embeddings.weight"][idx]], dim=1)
+    x = x + weights["abs_pe"][:, : x.shape[1]]
+    batch, length, _ = x.shape
+    for i in range(args["n_layer"]):
+        h = rms(x, weights[f"layers.{i}.attention_norm.weight"])
+        q, k, v = (h @ weights[f"layers.{i}.attention.wqkv.weight"].T).split(
+            [dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
+        q = q.view(batch, length, heads, head_dim).transpose(1, 2)
+        k, v = (t.view(batch, length, kv_heads, head_dim).transpose(1, 2).repeat_interleave(heads // kv_heads, dim=1)
+                for t in (k, v))
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + attended.transpose(1, 2).reshape(batch, length, dim) @ weights[f"layers.{i}.attention.wo.weight"].T
+        h = rms(x, weights[f"layers.{i}.ffn_norm.weight"])
+        gate = torch.nn.functional.silu(h @ weights[f"layers.{i}.feed_forward.w1.weight"].T)
+        x = x + (gate * (h @ weights[f"layers.{i}.feed_forward.w3.weight"].T)) @ weights[f"layers.{i}.feed_forward.w2.weight"].T
+    return rms(x, weights["norm.weight"]) @ weights["output.weight"].T
+
+
+def test_frame_prediction_checkpoint_converts(tmp_path):
+    """A checkpoint in the released LARP-L-long-AR-FP layout (random tensors, tiny sizes, grouped-query heads) converts
+    and matches the written-out original forward."""
+    from safetensors.torch import save_file
+
+    args = dict(dim=32, n_layer=2, n_head=4, n_kv_head=2, multiple_of=16, ffn_dim_multiplier=None, norm_eps=1e-5,
+                num_classes=101, class_dropout_prob=0.1, model_type="class_cond", vocab_size=20, cls_token_num=6,
+                max_seq_len=8, use_fixed_pe=False, frame_prediction=True, token_dropout_p=0.1, resid_dropout_p=0.1,
+                attn_dropout_p=0.0, ffn_dropout_p=0.1, drop_path_rate=0.0, initializer_range=0.02, rope_base=10000,
+                max_batch_size=32)
+    generator = torch.Generator().manual_seed(0)
+    rand = lambda *shape: torch.randn(*shape, generator=generator) * 0.3  # noqa: E731
+    weights = {"tok_embeddings.weight": rand(21, 32), "abs_pe": rand(1, 8 + 6 - 1, 32), "norm.weight": 1 + rand(32),
+               "output.weight": rand(20, 32)}
+    for i in range(2):
+        weights |= {f"layers.{i}.attention.wqkv.weight": rand(32 + 2 * 16, 32), f"layers.{i}.attention.wo.weight": rand(32, 32),
+                    f"layers.{i}.feed_forward.w1.weight": rand(96, 32), f"layers.{i}.feed_forward.w3.weight": rand(96, 32),
+                    f"layers.{i}.feed_forward.w2.weight": rand(32, 96), f"layers.{i}.attention_norm.weight": 1 + rand(32),
+                    f"layers.{i}.ffn_norm.weight": 1 + rand(32)}
+    source = tmp_path / "source"
+    source.mkdir()
+    save_file(weights, source / "model.safetensors")
+    (source / "config.json").write_text(__import__("json").dumps(args))
+    assert convert_main(["larp-ar", str(source), str(tmp_path / "dest")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "dest").eval()
+    assert model.config.frame_prediction and model.config.num_key_value_heads == 2
+    condition = torch.randint(0, 20, (2, 5), generator=generator)
+    codes = torch.randint(0, 20, (2, 7), generator=generator)
+    prompt = model.build_prompt(condition_tokens=condition)
+    with torch.no_grad():
+        logits = model(torch.cat([prompt, codes], dim=1)).logits
+        reference = _original_forward(weights, args, weights["tok_embeddings.weight"][prompt], codes)
+    torch.testing.assert_close(logits, reference, atol=1e-5, rtol=1e-4)
