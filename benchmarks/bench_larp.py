@@ -57,8 +57,9 @@ def bench_generator(args) -> list[dict]:
     prompt = model.build_prompt(class_labels=torch.arange(args.batch_size) % config.num_classes)
     rows = []
     for cfg_scale in (None, 1.25):
-        fn = lambda: model.generate(prompt, max_new_tokens=args.ar_tokens, min_new_tokens=args.ar_tokens,  # noqa: E731
-                                    do_sample=False, cfg_scale=cfg_scale)
+        def fn(cfg_scale=cfg_scale):
+            return model.generate(prompt, max_new_tokens=args.ar_tokens, min_new_tokens=args.ar_tokens,
+                                  do_sample=False, cfg_scale=cfg_scale)
         seconds, best = _timed(fn, args)
         row = dict(model="larp_l_long_ar", params_m=round(params, 1), phase=f"generate cfg={cfg_scale}",
                    dtype="float32", attn="sdpa", batch_size=args.batch_size, new_tokens=args.ar_tokens,

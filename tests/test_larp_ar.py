@@ -61,7 +61,7 @@ def test_parity_with_original(converted):
 
 def test_generate_then_decode_a_video(converted):
     """generate() -> codes -> LARPModel.decode -> clip; the cached greedy sequence is the argmax of a full forward."""
-    case, ar_dir, tokenizer_dir = converted[0]
+    _, ar_dir, tokenizer_dir = converted[0]
     generator = AutoModelForCausalLM.from_pretrained(ar_dir).eval()
     tokenizer = AutoModel.from_pretrained(tokenizer_dir).eval()
     num_codes = generator.config.max_position_embeddings
