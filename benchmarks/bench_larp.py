@@ -96,7 +96,8 @@ def to_markdown(result: dict, command: str) -> str:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], choices=sorted(DTYPES))
+    parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"], choices=sorted(DTYPES),
+                        help="tokenizer dtypes (none: skip the tokenizer)")
     parser.add_argument("--attn", nargs="+", default=["sdpa"], choices=["sdpa", "eager"])
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
