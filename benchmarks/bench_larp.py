@@ -89,7 +89,7 @@ def to_markdown(result: dict, command: str) -> str:
         flops = f"{r['gflop_per_clip']:.0f}" if "gflop_per_clip" in r else ""
         lines.append(
             f"| {r['model']} | {r['params_m']} | {r['phase']} | {r['dtype']} | {r['attn']} | {r['batch_size']} | "
-            f"{r['seconds']:.2f} | {r['tokens_per_s']:.0f} | {r['best_tokens_per_s']:.0f} | {flops} | {memory} |"
+            f"{r['seconds']:.2f} | {r['tokens_per_s']:.3g} | {r['best_tokens_per_s']:.3g} | {flops} | {memory} |"
         )
     return "\n".join(lines) + "\n"
 
