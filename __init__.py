@@ -1,62 +1,32 @@
 """vistok: visual tokenizers and multimodal models of the recent literature as native transformers models.
 
-``import vistok`` registers every config, model, processor and pipeline with transformers' Auto classes.
+``import vistok`` makes every vistok config, model, processor and pipeline known to transformers' Auto classes
+(`vistok.registry`), without importing them: each class is imported the first time it is used, through the Auto
+classes or as an attribute of this package (``vistok.TiTokModel``).
 """
+
+import importlib
+
+from .registry import exports, register_all
+
 
 __version__ = "0.1.0"
 
-from .modeling import (
-    FLEXTOK_VAE_VARIANTS,
-    FLEXTOK_VARIANTS,
-    FlexTokConfig,
-    FlexTokModel,
-    FlexTokPreTrainedModel,
-)
-from .modeling import LARP_VARIANTS, LARPConfig, LARPModel, LARPPreTrainedModel
-from .modeling import LARP_AR_VARIANTS, LARPARConfig, LARPARForCausalLM, LARPARModel
-from .modeling import MAETOK_VARIANTS, MAETokConfig, MAETokModel, MAETokPreTrainedModel
-from .modeling import TITOK_VARIANTS, TiTokConfig, TiTokModel, TiTokPreTrainedModel
-from .processing import FlexTokImageProcessor, FlexTokImageProcessorPil
-from .processing import MAETokImageProcessor, MAETokImageProcessorPil
-from .processing import ImageTokenizationPipeline, TiTokImageProcessor, TiTokImageProcessorPil
-from .processing import VideoTokenizationPipeline
-from .processing import __all__ as _processing_names
+register_all()
+
+_EXPORTS = exports()
+__all__ = sorted(_EXPORTS)
 
 
-if "LARPVideoProcessor" in _processing_names:
-    from .processing import LARPVideoProcessor
+def __getattr__(name):
+    path = _EXPORTS.get(name)
+    if path is None:
+        raise AttributeError(f"module 'vistok' has no attribute {name!r}")
+    module_name, attribute = path.split(":")
+    value = getattr(importlib.import_module(f".{module_name}", __name__), attribute)
+    globals()[name] = value
+    return value
 
 
-__all__ = [
-    "FLEXTOK_VAE_VARIANTS",
-    "FLEXTOK_VARIANTS",
-    "FlexTokConfig",
-    "FlexTokImageProcessor",
-    "FlexTokImageProcessorPil",
-    "FlexTokModel",
-    "FlexTokPreTrainedModel",
-    "LARP_AR_VARIANTS",
-    "LARP_VARIANTS",
-    "LARPARConfig",
-    "LARPARForCausalLM",
-    "LARPARModel",
-    "LARPConfig",
-    "LARPModel",
-    "LARPPreTrainedModel",
-    "MAETOK_VARIANTS",
-    "MAETokConfig",
-    "MAETokImageProcessor",
-    "MAETokImageProcessorPil",
-    "MAETokModel",
-    "MAETokPreTrainedModel",
-    "TITOK_VARIANTS",
-    "ImageTokenizationPipeline",
-    "TiTokConfig",
-    "TiTokImageProcessor",
-    "TiTokImageProcessorPil",
-    "TiTokModel",
-    "TiTokPreTrainedModel",
-    "VideoTokenizationPipeline",
-]
-if "LARPVideoProcessor" in _processing_names:
-    __all__.append("LARPVideoProcessor")
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

@@ -18,14 +18,16 @@ From Python:
 ```python
 >>> from vistok.evaluation import evaluate_reconstruction, load_image_dataset, psnr, ssim
 >>> dataset, column, split = load_image_dataset("path/to/images", max_images=100)
->>> result = evaluate_reconstruction(model, image_processor, (row[column] for row in dataset), batch_size=16)
+>>> result = evaluate_reconstruction(model, image_processor, iter_images(dataset, column), batch_size=16)
 >>> result.mean_psnr, result.mean_ssim
 ```
 """
 
 import argparse
 import inspect
+import io
 import json
+import logging
 import math
 import os
 import sys
@@ -38,6 +40,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
+
+
+logger = logging.getLogger("vistok.evaluation")
 
 
 # ----------------------------------------------------------------------------------------------------------- metrics
@@ -204,6 +209,37 @@ def load_image_dataset(
     return loaded, column, split
 
 
+def iter_images(dataset, column: str, skip_corrupt: bool = False, skipped: list | None = None):
+    """Yields the PIL images of `dataset[column]`, decoding each file here so an unreadable one is named: a
+    ValueError with its path, or (`skip_corrupt`) a warning, its name appended to `skipped`, and the next image."""
+    import datasets
+
+    features = getattr(dataset, "features", None)
+    if features is not None and isinstance(features.get(column), datasets.Image):
+        dataset = dataset.cast_column(column, datasets.Image(decode=False))
+    for index, row in enumerate(dataset):
+        value = row[column]
+        if not isinstance(value, dict):
+            yield value
+            continue
+        name = value.get("path") or f"row {index}"
+        try:
+            image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+            image.load()
+        except Exception as error:  # PIL.UnidentifiedImageError, OSError on truncated files, ...
+            if not skip_corrupt:
+                raise ValueError(
+                    f"could not read image {name} (row {index}): {error}. Fix or remove the file, or pass "
+                    "--skip-corrupt to skip unreadable images."
+                ) from None
+            logger.warning("skipping unreadable image %s (row %d): %s", name, index, error)
+            if skipped is not None:
+                skipped.append(name)
+            continue
+        image.filename = value.get("path") or ""
+        yield image
+
+
 # -------------------------------------------------------------------------------------------------------- evaluation
 
 
@@ -322,10 +358,12 @@ def evaluate_reconstruction(
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    decode_impl = getattr(model, "_decode", model.decode)
-    if "generator" not in decode_kwargs and _accepts_keyword(decode_impl, "generator"):
+    accepted = getattr(model, "decode_parameters", None)
+    accepts_generator = "generator" in accepted if accepted is not None else _accepts_keyword(model.decode, "generator")
+    if "generator" not in decode_kwargs and accepts_generator:
         decode_kwargs["generator"] = torch.Generator(device=device).manual_seed(seed)
-    rgb = getattr(model.config, "num_channels", 3) == 3
+    layout = getattr(model, "layout", None)
+    rgb = (layout.num_channels if layout is not None else getattr(model.config, "num_channels", 3)) == 3
 
     result = ReconstructionResult()
     originals_kept, reconstructions_kept = [], []
@@ -492,8 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="model directory or Hub id (loaded with AutoModel + AutoImageProcessor)")
     parser.add_argument("data", help="image folder (datasets' imagefolder) or Hub dataset id")
-    parser.add_argument("--output-dir", default="vistok-eval", help="where report.json, report.md, grid.png go")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--output-dir", default="vistok-eval", help="where report.json, report.md, grid.png go (default: vistok-eval)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per encode/decode call (default: 16)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--split", default=None, help="dataset split (default: validation, else test, else train)")
     parser.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
@@ -502,10 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help='extra model.decode arguments, e.g. \'{"num_steps": 25, "guidance_scale": 7.5}\'')
     parser.add_argument("--seed", type=int, default=0, help="seed for stochastic decoders")
     parser.add_argument("--num-tokens", type=int, default=None, help="decode only the first K tokens (1D tokenizers)")
-    parser.add_argument("--grid-images", type=int, default=8, help="images shown in grid.png (0: no grid)")
+    parser.add_argument("--grid-images", type=int, default=8, help="images shown in grid.png (0: no grid; default: 8)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
+                        help="weights dtype (default: float32)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="skip unreadable image files (listed in the report) instead of stopping")
     return parser
 
 
@@ -525,15 +566,17 @@ def run(args: argparse.Namespace) -> dict:
 
     start = time.perf_counter()
     total = None if args.streaming else len(dataset)
+    skipped = []
+    images = iter_images(dataset, column, skip_corrupt=args.skip_corrupt, skipped=skipped)
     result = evaluate_reconstruction(
-        model, image_processor, (row[column] for row in dataset), batch_size=args.batch_size,
+        model, image_processor, images, batch_size=args.batch_size,
         decode_kwargs=args.decode_kwargs, seed=args.seed, num_tokens=args.num_tokens, grid_images=args.grid_images,
         total=total, progress=not args.no_progress,
     )
     report = build_report(
         result, args.model, model, data=args.data, split=split, decode_kwargs=args.decode_kwargs or {}, seed=args.seed,
         device=str(device), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-        seconds=round(time.perf_counter() - start, 3),
+        seconds=round(time.perf_counter() - start, 3), skipped_files=skipped,
     )
     grid = None
     if result.grid_originals is not None:
@@ -563,6 +606,7 @@ __all__ = [
     "find_image_column",
     "format_markdown",
     "format_table",
+    "iter_images",
     "load_image_dataset",
     "main",
     "make_grid",

@@ -47,7 +47,7 @@ setup(
         "pillow",
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=8", "av"]},
+    extras_require={"test": ["pytest>=8", "av"], "video": ["av"]},
     entry_points={
         "console_scripts": [
             "vistok-convert=vistok.conversion.__main__:main",

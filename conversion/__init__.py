@@ -1,5 +1,3 @@
-"""Conversion of the original released checkpoints into vistok models (``vistok-convert``)."""
+"""Conversion of the original released checkpoints into vistok models (``vistok-convert``).
 
-from .utils import ConversionError, ConversionResult, load_checkpoint, rename_state_dict, save_conversion
-
-__all__ = ["ConversionError", "ConversionResult", "load_checkpoint", "rename_state_dict", "save_conversion"]
+The framework is `vistok.conversion.utils`; each architecture has a ``convert_<arch>.py`` module."""

@@ -5,17 +5,14 @@ import importlib
 import logging
 import sys
 
-from .utils import ConversionError, save_conversion
+from ..registry import converters
 
 
-# ARCH -> module (in this package) exposing ``convert(source, config_file, presets_file) -> ConversionResult``
-CONVERTERS = {
-    "titok": "convert_titok",
-    "flextok": "convert_flextok",
-    "maetok": "convert_maetok",
-    "larp": "convert_larp",
-    "larp-ar": "convert_larp_ar",
-}
+logger = logging.getLogger("vistok.conversion")
+
+
+# ARCH -> module exposing ``convert(source, config_file, presets_file) -> ConversionResult``; from vistok.registry
+CONVERTERS = converters()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,20 +34,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe(arch: str) -> str:
+    """What ``vistok-convert ARCH --help`` adds: the converter's own description (layouts, presets, examples)."""
+    module = importlib.import_module(f"..{CONVERTERS[arch]}", __package__)
+    return f"\n{arch}: " + (module.__doc__ or "").strip() + "\n"
+
+
+def detect_architecture(source) -> list[str]:
+    """Architectures whose key signature matches SOURCE's checkpoint (empty when it cannot be read)."""
+    from .utils import ConversionError, checkpoint_keys, find_checkpoint_file
+
+    try:
+        keys = checkpoint_keys(find_checkpoint_file(source))
+    except (ConversionError, OSError, ValueError):
+        return []
+    found = []
+    for arch, module_name in CONVERTERS.items():
+        looks_like = getattr(importlib.import_module(f"..{module_name}", __package__), "looks_like", None)
+        if looks_like is not None and looks_like(keys):
+            found.append(arch)
+    return found
+
+
 def convert(arch, source, dest, config=None, preset_overrides=None, dtype=None, push_to_hub=None, force=False, verify=True):
     """Python entry point of the CLI; returns the destination path."""
-    import vistok  # noqa: F401  (registers the Auto classes used to verify the result)
+    from .utils import ConversionError, save_conversion
 
     if arch not in CONVERTERS:
         raise ConversionError(f"unknown architecture {arch!r}; choose one of {sorted(CONVERTERS)}.")
-    module = importlib.import_module(f".{CONVERTERS[arch]}", __package__)
-    result = module.convert(source, config_file=config, presets_file=preset_overrides)
-    return save_conversion(result, dest, dtype=dtype, force=force, push_to_hub=push_to_hub, verify=verify)
+    module = importlib.import_module(f"..{CONVERTERS[arch]}", __package__)
+    try:
+        result = module.convert(source, config_file=config, presets_file=preset_overrides)
+    except ConversionError as error:
+        others = [name for name in detect_architecture(source) if name != arch]
+        if others:
+            raise ConversionError(f"{error}\nSOURCE looks like a {' / '.join(others)} checkpoint, not {arch}: try "
+                                  f"`vistok-convert {others[0]} ...`.") from error
+        raise
+    for note in result.notes:
+        logger.warning("note: %s", note)
+    return save_conversion(
+        result, dest, dtype=dtype, force=force, push_to_hub=push_to_hub, verify=verify, source=source, arch=arch
+    )
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    positional = [a for a in argv if not a.startswith("-")]
+    if {"-h", "--help"} & set(argv) and positional and positional[0] in CONVERTERS:
+        parser.epilog = describe(positional[0])
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from .utils import ConversionError
+
     try:
         dest = convert(
             args.arch,

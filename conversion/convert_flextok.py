@@ -15,19 +15,19 @@ the released VAE's defaults for what shapes cannot tell (GroupNorm groups, activ
 """
 
 import ast
-import json
 import re
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 
 from ..modeling.configuration_flextok import FLEXTOK_VAE_BASE_CONFIG, FlexTokConfig
 from ..modeling.modeling_flextok import FlexTokModel
+from ..processing.image_processing_common import square_image_processor
 from ..processing.image_processing_flextok import FlexTokImageProcessor
 from .utils import (
     ConversionError,
     ConversionResult,
+    count_layers,
     find_checkpoint_file,
     load_checkpoint,
     load_config_file,
@@ -35,6 +35,7 @@ from .utils import (
     load_presets,
     logger,
     rename_state_dict,
+    require_tensor,
 )
 
 
@@ -103,7 +104,7 @@ def _read_source(source: Path, config_file) -> tuple[dict, dict, Path]:
     folder = source if source.is_dir() else source.parent
     if config_file is not None:
         original = load_config_file(config_file)
-    elif (folder / "config.json").is_file() and "encoder" in json.loads((folder / "config.json").read_text()):
+    elif (folder / "config.json").is_file() and "encoder" in load_config_file(folder / "config.json"):
         original = load_config_file(folder / "config.json")
     else:
         original = _metadata_config(checkpoint)
@@ -206,21 +207,6 @@ def _check_packer(packer: dict, first_key: str, part: str, mask_mode: str) -> No
         raise ConversionError(f"the {part} packs {keys}; expected [patches ({first_key!r}), registers].")
 
 
-def _count_blocks(state_dict: dict, prefix: str) -> int:
-    indices = {int(k[len(prefix):].split(".")[0]) for k in state_dict if k.startswith(prefix)}
-    if not indices or sorted(indices) != list(range(len(indices))):
-        raise ConversionError(
-            f"transformer blocks under {prefix!r} are missing or not numbered 0..n-1: {sorted(indices)}"
-        )
-    return len(indices)
-
-
-def _require(state_dict: dict, key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise ConversionError(f"the checkpoint has no tensor {key!r}; is it a FlexTok checkpoint?")
-    return state_dict[key]
-
-
 def build(state_dict: dict, original: dict, folder: Path, presets: dict):
     """Derives the `FlexTokConfig` and the renaming rules; returns (config, rules, vae_state, notes)."""
     notes = []
@@ -263,14 +249,14 @@ def build(state_dict: dict, original: dict, folder: Path, presets: dict):
     if len(set(patch_sizes)) != 1:
         raise ConversionError(f"only square patches are supported, got patch_sizes={patch_sizes}.")
     patch_size = patch_sizes[0]
-    enc_table = _require(state_dict, f"{enc}{pos_name}.posembs")
+    enc_table = require_tensor(state_dict, f"{enc}{pos_name}.posembs", "FlexTok")
     if enc_table.ndim != 4 or enc_table.shape[-1] != enc_table.shape[-2]:
         raise ConversionError(f"expected a square [1, D, n, n] encoder position table, got {tuple(enc_table.shape)}.")
     grid = enc_table.shape[-1]
-    enc_width = _require(state_dict, f"{enc}{patch_name}.patch_proj.weight").shape[0]
-    num_registers = _require(state_dict, f"{enc}{reg_name}.registers").shape[0]
-    enc_layers = _count_blocks(state_dict, f"{enc}{trunk_name}.blocks.")
-    num_levels = _require(state_dict, f"{enc}{head_name}.proj.weight").shape[0]
+    enc_width = require_tensor(state_dict, f"{enc}{patch_name}.patch_proj.weight", "FlexTok").shape[0]
+    num_registers = require_tensor(state_dict, f"{enc}{reg_name}.registers", "FlexTok").shape[0]
+    enc_layers = count_layers(state_dict, f"{enc}{trunk_name}.blocks.")
+    num_levels = require_tensor(state_dict, f"{enc}{head_name}.proj.weight", "FlexTok").shape[0]
 
     # --- regularizer
     regularizer = original["regularizer"]
@@ -302,20 +288,20 @@ def build(state_dict: dict, original: dict, folder: Path, presets: dict):
         raise ConversionError("the decoder head uses a muP readout, which FlexTok releases do not.")
     if list(dec_patch_cfg.get("patch_sizes", patch_sizes)) != patch_sizes:
         raise ConversionError("encoder and decoder patch sizes differ; FlexTok uses one patch size.")
-    dec_width = _require(state_dict, f"{dec}{proj_name}.proj.weight").shape[0]
-    dec_layers = _count_blocks(state_dict, f"{dec}{dec_trunk_name}.blocks.")
-    adaln_rows = _require(state_dict, f"{dec}{dec_trunk_name}.blocks.0.adaLN_modulation.1.weight").shape[0]
+    dec_width = require_tensor(state_dict, f"{dec}{proj_name}.proj.weight", "FlexTok").shape[0]
+    dec_layers = count_layers(state_dict, f"{dec}{dec_trunk_name}.blocks.")
+    adaln_rows = require_tensor(state_dict, f"{dec}{dec_trunk_name}.blocks.0.adaLN_modulation.1.weight", "FlexTok").shape[0]
     if adaln_rows % (6 * dec_width):
         raise ConversionError(f"decoder adaLN projection has {adaln_rows} outputs, not a multiple of 6 x {dec_width}.")
     if reg_pos_name is None:
         # a decoder without register positions equals one whose learned table is zero
         notes.append("the decoder has no register position embedding; it is converted as a zero table")
     else:
-        reg_table = _require(state_dict, f"{dec}{reg_pos_name}.posembs")
+        reg_table = require_tensor(state_dict, f"{dec}{reg_pos_name}.posembs", "FlexTok")
         if tuple(reg_table.shape) != (1, 1, dec_width, num_registers):
             raise ConversionError(f"expected a learned register position table of shape (1, 1, {dec_width}, "
                                   f"{num_registers}), got {tuple(reg_table.shape)}.")
-    dec_table = _require(state_dict, f"{dec}{dec_pos_name}.posembs")
+    dec_table = require_tensor(state_dict, f"{dec}{dec_pos_name}.posembs", "FlexTok")
     if tuple(dec_table.shape[-2:]) != (grid, grid):
         raise ConversionError(
             f"decoder position table {tuple(dec_table.shape)} does not match the encoder's {grid}x{grid} grid."
@@ -336,12 +322,12 @@ def build(state_dict: dict, original: dict, folder: Path, presets: dict):
         encoder_hidden_size=enc_width,
         encoder_num_hidden_layers=enc_layers,
         encoder_num_attention_heads=_heads(trunk, enc_width, "encoder", presets),
-        encoder_intermediate_size=_require(state_dict, f"{enc}{trunk_name}.blocks.0.mlp.fc1.weight").shape[0],
+        encoder_intermediate_size=require_tensor(state_dict, f"{enc}{trunk_name}.blocks.0.mlp.fc1.weight", "FlexTok").shape[0],
         decoder_hidden_size=dec_width,
         decoder_num_hidden_layers=dec_layers,
         decoder_num_attention_heads=_heads(dec_trunk, dec_width, "decoder", presets),
-        decoder_intermediate_size=_require(state_dict, f"{dec}{dec_trunk_name}.blocks.0.mlp.fc1.weight").shape[0],
-        timestep_embedding_dim=_require(state_dict, f"{dec}{time_name}.mlp.0.weight").shape[1],
+        decoder_intermediate_size=require_tensor(state_dict, f"{dec}{dec_trunk_name}.blocks.0.mlp.fc1.weight", "FlexTok").shape[0],
+        timestep_embedding_dim=require_tensor(state_dict, f"{dec}{time_name}.mlp.0.weight", "FlexTok").shape[1],
         max_timestep=float(time_cfg.get("max_timestep", 1.0)),
         adaln_expansion=adaln_rows // (6 * dec_width),
         null_condition="learned" if _class_name(null_cfg) == "LearnedNullCond" else "zeros",
@@ -403,6 +389,11 @@ def convert_state_dict(state_dict: dict, rules: list, vae_state: dict, num_regis
     return renamed, unmapped
 
 
+def looks_like(keys: set[str]) -> bool:
+    """Whether a checkpoint with these tensor names is an original FlexTok release (key signature)."""
+    return any(key.startswith("encoder.module_dict.") for key in keys)
+
+
 def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     state_dict, original, folder = _read_source(source, config_file)
     presets = load_presets(DEFAULT_PRESETS, presets_file)
@@ -417,10 +408,8 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     except Exception as error:  # e.g. an inferred VAE config that diffusers rejects
         raise ConversionError(f"could not build FlexTokModel from the derived config: {error}") from error
     converted, unmapped = convert_state_dict(state_dict, rules, vae_state, config.num_latent_tokens)
-    load_into_model(model, converted, unmapped)
+    load_into_model(model, converted, unmapped, source=state_dict)
     for note in notes:
         logger.info("note: %s", note)
-    processor = FlexTokImageProcessor(
-        size={"shortest_edge": config.image_size}, crop_size={"height": config.image_size, "width": config.image_size}
-    )
+    processor = square_image_processor(FlexTokImageProcessor, config.image_size)
     return ConversionResult(model=model, processors=[processor], notes=notes)

@@ -174,7 +174,7 @@ def convert_state_dict(state_dict: dict, model: LARPModel) -> tuple[dict, list]:
                                   f"{(stored.float() - expected.float()).abs().max():.3g}); learned tables are not supported.")
     renamed, unmapped, dropped = rename_state_dict(state_dict, ORIGINAL_TO_CONVERTED_KEY_MAPPING, list(SINCOS_BUFFERS))
     logger.info("checked and dropped the stored sin-cos tables: %s", dropped)
-    converted = split_fused_qkv(renamed)
+    converted = split_fused_qkv(renamed, "qkv", ("q_proj", "k_proj", "v_proj"))
     target = model.state_dict()
     for key, tensor in converted.items():
         if key in target and tensor.shape != target[key].shape and tensor.numel() == target[key].numel():

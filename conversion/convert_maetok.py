@@ -11,17 +11,18 @@ Sizes come from tensor shapes; only the attention head counts come from the timm
 """
 
 import math
-import re
 from pathlib import Path
 
 import torch
 
 from ..modeling.configuration_maetok import MAETOK_VIT_PRESETS, MAETokConfig
 from ..modeling.modeling_maetok import MAETokModel
+from ..processing.image_processing_common import square_image_processor
 from ..processing.image_processing_maetok import MAETokImageProcessor
 from .utils import (
     ConversionError,
     ConversionResult,
+    count_layers,
     find_checkpoint_file,
     get_preset,
     load_checkpoint,
@@ -29,6 +30,8 @@ from .utils import (
     load_into_model,
     load_presets,
     rename_state_dict,
+    require_tensor,
+    split_fused_qkv,
 )
 
 
@@ -93,43 +96,14 @@ def _rules() -> tuple[list[tuple[str, str]], list[str]]:
     return rules, dropped
 
 
-def split_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Splits timm's fused `attn.qkv` projections into `attn.q`, `attn.k`, `attn.v`."""
-    result = {}
-    for key, tensor in state_dict.items():
-        match = re.fullmatch(r"(.*\.attn)\.qkv\.(weight|bias)", key)
-        if match is None:
-            result[key] = tensor
-            continue
-        if tensor.shape[0] % 3:
-            raise ConversionError(f"{key} has shape {tuple(tensor.shape)}; its first dimension must split in 3.")
-        for name, part in zip("qkv", tensor.chunk(3, dim=0)):
-            result[f"{match.group(1)}.{name}.{match.group(2)}"] = part.contiguous()
-    return result
-
-
-def _num_blocks(state_dict: dict, prefix: str) -> int:
-    pattern = re.compile(re.escape(prefix) + r"\.model\.blocks\.(\d+)\.")
-    indices = {int(m.group(1)) for key in state_dict if (m := pattern.match(key))}
-    if not indices or indices != set(range(len(indices))):
-        raise ConversionError(f"could not find consecutive transformer blocks under {prefix}.model.blocks.")
-    return len(indices)
-
-
-def _require(state_dict: dict, key: str, why: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise ConversionError(f"checkpoint lacks {key!r} ({why}).")
-    return state_dict[key]
-
-
 def _preset_name(name: str) -> str:
     # timm pretrained tags (".lvd142m") do not change the architecture
     return str(name).split(".")[0]
 
 
 def _vit_size(state_dict, prefix, width_key, model_name, presets, role) -> dict:
-    width = _require(state_dict, width_key, f"{role} width").shape[-1]
-    layers = _num_blocks(state_dict, prefix)
+    width = require_tensor(state_dict, width_key, "MAETok", f"{role} width").shape[-1]
+    layers = count_layers(state_dict, f"{prefix}.model.blocks.")
     preset = get_preset(presets, _preset_name(model_name), ("num_attention_heads",))
     for field, value in (("hidden_size", width), ("num_hidden_layers", layers)):
         if field in preset and preset[field] != value:
@@ -137,14 +111,14 @@ def _vit_size(state_dict, prefix, width_key, model_name, presets, role) -> dict:
                 f"{role} model {model_name!r}: the weights have {field}={value} but the preset says {preset[field]}; "
                 "fix the preset with --preset-overrides."
             )
-    freqs = _require(state_dict, f"{prefix}.freqs", "learned mixed-RoPE frequencies")
+    freqs = require_tensor(state_dict, f"{prefix}.freqs", "MAETok", "learned mixed-RoPE frequencies")
     if tuple(freqs.shape) != (2, layers, width // 2):
         raise ConversionError(f"{prefix}.freqs has shape {tuple(freqs.shape)}, expected (2, {layers}, {width // 2}).")
     return {"hidden_size": width, "num_layers": layers, "num_heads": preset["num_attention_heads"]}
 
 
 def _mlp_ratio(state_dict: dict, prefix: str, width: int) -> float:
-    return _require(state_dict, f"{prefix}.model.blocks.0.mlp.fc1.weight", "MLP").shape[0] / width
+    return require_tensor(state_dict, f"{prefix}.model.blocks.0.mlp.fc1.weight", "MAETok", "MLP").shape[0] / width
 
 
 def build_config(original: dict, state_dict: dict[str, torch.Tensor], presets: dict) -> tuple[MAETokConfig, list[str]]:
@@ -161,9 +135,9 @@ def build_config(original: dict, state_dict: dict[str, torch.Tensor], presets: d
                         "encoder")
     decoder = _vit_size(state_dict, "decoder", "decoder.mask_token", original.get("decoder_model"), presets,
                         "decoder")
-    patch_weight = _require(state_dict, "encoder.model.patch_embed.proj.weight", "patch embedding")
+    patch_weight = require_tensor(state_dict, "encoder.model.patch_embed.proj.weight", "MAETok", "patch embedding")
     num_channels, patch_size = patch_weight.shape[1], patch_weight.shape[-1]
-    positions = _require(state_dict, "encoder.model.pos_embed", "absolute positions").shape[1] - 1
+    positions = require_tensor(state_dict, "encoder.model.pos_embed", "MAETok", "absolute positions").shape[1] - 1
     grid = math.isqrt(positions)
     if grid * grid != positions:
         raise ConversionError(f"encoder.model.pos_embed has {positions} patch positions, not a square grid.")
@@ -173,12 +147,12 @@ def build_config(original: dict, state_dict: dict[str, torch.Tensor], presets: d
             f"config image_size {original['image_size']} disagrees with the weights ({grid}x{grid} patches of "
             f"{patch_size} px = {image_size} px)."
         )
-    pixel_out = _require(state_dict, "decoder.to_pixel.model.weight", "linear pixel head (to_pixel 'linear')").shape[0]
+    pixel_out = require_tensor(state_dict, "decoder.to_pixel.model.weight", "MAETok", "linear pixel head (to_pixel 'linear')").shape[0]
     decoder_patch_size = math.isqrt(pixel_out // num_channels)
     if decoder_patch_size**2 * num_channels != pixel_out:
         raise ConversionError(f"decoder.to_pixel.model outputs {pixel_out} values, not {num_channels} x p x p.")
-    quant = _require(state_dict, "quant_conv.weight", "latent projection")
-    latent_tokens = _require(state_dict, "encoder.latent_tokens", "latent tokens")
+    quant = require_tensor(state_dict, "quant_conv.weight", "MAETok", "latent projection")
+    latent_tokens = require_tensor(state_dict, "encoder.latent_tokens", "MAETok", "latent tokens")
     mlp_ratio = _mlp_ratio(state_dict, "encoder", encoder["hidden_size"])
     has_mask_token = "encoder.mask_token" in state_dict
     mask_min = float(original.get("enc_token_drop", 0.0))
@@ -229,7 +203,7 @@ def build_config(original: dict, state_dict: dict[str, torch.Tensor], presets: d
         fields.update(aux_hidden_size=size["hidden_size"], aux_num_hidden_layers=size["num_layers"],
                       aux_num_attention_heads=size["num_heads"])
     if fields["use_hog_decoder"]:
-        hog_dim = _require(state_dict, "to_pixel_hog.weight", "HOG head").shape[0]
+        hog_dim = require_tensor(state_dict, "to_pixel_hog.weight", "MAETok", "HOG head").shape[0]
         fields["hog_feature_dim"] = hog_dim
         # the original always uses 9 bins and groups 2x2 cells of 8 px per 16-px patch; for other patch sizes pick
         # the cell size that gives the head's width, so in-package HOG targets match the head
@@ -244,8 +218,8 @@ def build_config(original: dict, state_dict: dict[str, torch.Tensor], presets: d
                          "`hog_targets` when training.")
     for source, field in (("decoder_dino", "dino_feature_dim"), ("decoder_clip", "siglip_feature_dim")):
         if fields[AUX_FLAGS[source]]:
-            fields[field] = _require(state_dict, DECODERS[source][2] + ".weight", "feature head").shape[0]
-            aux_positions = _require(state_dict, f"{source}.model.pos_embed", "feature grid").shape[1] - 1
+            fields[field] = require_tensor(state_dict, DECODERS[source][2] + ".weight", "MAETok", "feature head").shape[0]
+            aux_positions = require_tensor(state_dict, f"{source}.model.pos_embed", "MAETok", "feature grid").shape[1] - 1
             aux_grid = math.isqrt(aux_positions)
             if aux_grid * aux_grid != aux_positions or image_size % aux_grid:
                 raise ConversionError(f"{source}.model.pos_embed does not describe a square patch grid.")
@@ -255,6 +229,11 @@ def build_config(original: dict, state_dict: dict[str, torch.Tensor], presets: d
     except Exception as error:
         raise ConversionError(f"the checkpoint gives an invalid MAETokConfig: {error}") from error
     return config, notes
+
+
+def looks_like(keys: set[str]) -> bool:
+    """Whether a checkpoint with these tensor names is an original MAETok release (key signature)."""
+    return "encoder.latent_tokens" in keys and any(key.startswith("encoder.model.blocks.") for key in keys)
 
 
 def convert(source, config_file=None, presets_file=None) -> ConversionResult:
@@ -274,12 +253,10 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     state_dict = load_checkpoint(checkpoint)
     config, notes = build_config(original, state_dict, presets)
     rules, dropped = _rules()
-    renamed, unmapped, dropped_keys = rename_state_dict(split_qkv(state_dict), rules, dropped)
+    renamed, unmapped, dropped_keys = rename_state_dict(split_fused_qkv(state_dict, "qkv", ("q", "k", "v")), rules, dropped)
     model = MAETokModel(config).eval()
-    load_into_model(model, renamed, unmapped)
+    load_into_model(model, renamed, unmapped, source=state_dict)
     if dropped_keys:
         notes.append(f"dropped {len(dropped_keys)} training-only or unused tensors (teachers, HOG buffers, grids).")
-    processor = MAETokImageProcessor(
-        size={"shortest_edge": config.image_size}, crop_size={"height": config.image_size, "width": config.image_size}
-    )
+    processor = square_image_processor(MAETokImageProcessor, config.image_size)
     return ConversionResult(model=model, processors=[processor], notes=notes)

@@ -12,14 +12,16 @@ more through `--preset-overrides`).
 import math
 from pathlib import Path
 
-import torch
 
 from ..modeling.configuration_titok import TITOK_VIT_PRESETS, TiTokConfig
 from ..modeling.modeling_titok import TiTokModel
-from ..processing.image_processing_tokenizer import TiTokImageProcessor
+from ..processing.image_processing_common import square_image_processor
+from ..processing.image_processing_titok import TiTokImageProcessor
 from .utils import (
     ConversionError,
     ConversionResult,
+    config_disagreements,
+    count_layers,
     find_checkpoint_file,
     get_preset,
     load_checkpoint,
@@ -28,6 +30,8 @@ from .utils import (
     load_presets,
     logger,
     rename_state_dict,
+    require_tensor,
+    split_fused_qkv,
 )
 
 
@@ -84,33 +88,21 @@ def _read_source(source: Path, config_file) -> tuple[dict, dict]:
     return load_checkpoint(checkpoint), load_config_file(config_file)
 
 
-def _count_layers(state_dict: dict, prefix: str) -> int:
-    indices = {int(k[len(prefix):].split(".")[0]) for k in state_dict if k.startswith(prefix)}
-    if not indices or sorted(indices) != list(range(len(indices))):
-        raise ConversionError(f"transformer layers under {prefix!r} are missing or not numbered 0..n-1: {sorted(indices)}")
-    return len(indices)
-
-
-def _require(state_dict: dict, key: str) -> torch.Tensor:
-    if key not in state_dict:
-        raise ConversionError(f"the checkpoint has no tensor {key!r}; is it a TiTok tokenizer checkpoint?")
-    return state_dict[key]
-
-
-def build_config(state_dict: dict, original: dict, presets: dict) -> TiTokConfig:
-    """Derives a `TiTokConfig` from tensor shapes, the original config and the ViT presets."""
+def build_config(state_dict: dict, original: dict, presets: dict) -> tuple[TiTokConfig, list[str]]:
+    """Derives a `TiTokConfig` from tensor shapes, the original config and the ViT presets; returns it with notes
+    on config values that the weights contradict."""
     vq = original.get("model", {}).get("vq_model")
     if vq is None:
         raise ConversionError("the original config has no `model.vq_model` section; is it a TiTok config?")
-    patch_weight = _require(state_dict, "encoder.patch_embed.weight")
+    patch_weight = require_tensor(state_dict, "encoder.patch_embed.weight", "TiTok")
     enc_width, num_channels, patch_size = patch_weight.shape[0], patch_weight.shape[1], patch_weight.shape[2]
-    grid = math.isqrt(_require(state_dict, "encoder.positional_embedding").shape[0] - 1)
+    grid = math.isqrt(require_tensor(state_dict, "encoder.positional_embedding", "TiTok").shape[0] - 1)
     image_size = grid * patch_size
     crop_size = original.get("dataset", {}).get("preprocessing", {}).get("crop_size", image_size)
     if crop_size != image_size:
         raise ConversionError(f"config crop_size {crop_size} does not match the weights' {grid}x{grid} grid of "
                               f"{patch_size}-pixel patches ({image_size}).")
-    num_tokens, token_channels = _require(state_dict, "latent_tokens").shape[0], state_dict["encoder.conv_out.weight"].shape[0]
+    num_tokens, token_channels = require_tensor(state_dict, "latent_tokens", "TiTok").shape[0], state_dict["encoder.conv_out.weight"].shape[0]
     quantize_mode = vq.get("quantize_mode", "vq")
     is_vq = "quantize.embedding.weight" in state_dict
     if (quantize_mode == "vq") != is_vq:
@@ -125,14 +117,14 @@ def build_config(state_dict: dict, original: dict, presets: dict) -> TiTokConfig
         raise ConversionError("this is a stage-1 legacy checkpoint without the MaskGIT-VQGAN pixel decoder "
                               "(pixel_decoder.*): it cannot produce pixels on its own.")
 
-    dec_width = _require(state_dict, "decoder.decoder_embed.weight").shape[0]
-    dec_grid = math.isqrt(_require(state_dict, "decoder.positional_embedding").shape[0] - 1)
+    dec_width = require_tensor(state_dict, "decoder.decoder_embed.weight", "TiTok").shape[0]
+    dec_grid = math.isqrt(require_tensor(state_dict, "decoder.positional_embedding", "TiTok").shape[0] - 1)
     if dec_grid == 0 or image_size % dec_grid:
         raise ConversionError(f"decoder grid {dec_grid} does not divide the image size {image_size}.")
     enc_preset = get_preset(presets, vq.get("vit_enc_model_size", "large"), ("num_attention_heads",))
     dec_preset = get_preset(presets, vq.get("vit_dec_model_size", "large"), ("num_attention_heads",))
-    enc_layers = _count_layers(state_dict, "encoder.transformer.")
-    dec_layers = _count_layers(state_dict, "decoder.transformer.")
+    enc_layers = count_layers(state_dict, "encoder.transformer.")
+    dec_layers = count_layers(state_dict, "decoder.transformer.")
     for name, preset, width, layers in (("encoder", enc_preset, enc_width, enc_layers),
                                         ("decoder", dec_preset, dec_width, dec_layers)):
         for field, value in (("hidden_size", width), ("num_hidden_layers", layers)):
@@ -156,25 +148,28 @@ def build_config(state_dict: dict, original: dict, presets: dict) -> TiTokConfig
         kwargs["proxy_codebook_size"] = state_dict["decoder.ffn.2.weight"].shape[0]
     if use_pixel_decoder:
         num_levels = len({k.split(".")[2] for k in state_dict if k.startswith("pixel_decoder.up.")})
-        level_channels = [_require(state_dict, f"pixel_decoder.up.{i}.block.0.conv1.weight").shape[0]
+        level_channels = [require_tensor(state_dict, f"pixel_decoder.up.{i}.block.0.conv1.weight", "TiTok").shape[0]
                           for i in range(num_levels)]
         hidden = math.gcd(*level_channels)
         kwargs.update(
             pixel_decoder_hidden_channels=hidden,
             pixel_decoder_channel_mult=[c // hidden for c in level_channels],
             pixel_decoder_num_res_blocks=len({k.split(".")[4] for k in state_dict if k.startswith("pixel_decoder.up.0.block.")}),
-            pixel_decoder_z_channels=_require(state_dict, "pixel_decoder.conv_in.weight").shape[1],
+            pixel_decoder_z_channels=require_tensor(state_dict, "pixel_decoder.conv_in.weight", "TiTok").shape[1],
         )
-        if _require(state_dict, "pixel_quantize.embedding.weight").shape[0] != kwargs["proxy_codebook_size"]:
+        if require_tensor(state_dict, "pixel_quantize.embedding.weight", "TiTok").shape[0] != kwargs["proxy_codebook_size"]:
             raise ConversionError("the legacy head and the MaskGIT-VQGAN codebook disagree on the number of codes.")
     if "decoder.text_guidance_proj.weight" in state_dict:
         kwargs.update(
             use_text_guidance=True,
             text_embed_dim=state_dict["decoder.text_guidance_proj.weight"].shape[1],
-            text_context_length=_require(state_dict, "decoder.text_guidance_positional_embedding").shape[0],
+            text_context_length=require_tensor(state_dict, "decoder.text_guidance_positional_embedding", "TiTok").shape[0],
         )
+    notes = config_disagreements(
+        vq, {k: kwargs[k] for k in ("num_latent_tokens", "codebook_size", "token_size") if kwargs[k] is not None}
+    )
     try:
-        return TiTokConfig(**kwargs)
+        return TiTokConfig(**kwargs), notes
     except Exception as error:
         raise ConversionError(f"the checkpoint describes an invalid TiTok configuration: {error}") from error
 
@@ -186,11 +181,7 @@ def convert_state_dict(state_dict: dict, model: TiTokModel) -> dict:
         logger.info("dropping training-only tensors: %s", dropped)
     converted = {}
     target = model.state_dict()
-    for key, tensor in renamed.items():
-        if ".self_attn.qkv." in key:
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
-                converted[key.replace(".qkv.", f".{name}.")] = part
-            continue
+    for key, tensor in split_fused_qkv(renamed, "qkv", ("q_proj", "k_proj", "v_proj")).items():
         if key in target and tensor.shape != target[key].shape and tensor.numel() == target[key].numel():
             # 1x1 convolutions become linear layers; the [1, 1, W] mask token loses its leading dims
             tensor = tensor.reshape(target[key].shape)
@@ -198,15 +189,18 @@ def convert_state_dict(state_dict: dict, model: TiTokModel) -> dict:
     return converted, unmapped
 
 
+def looks_like(keys: set[str]) -> bool:
+    """Whether a checkpoint with these tensor names is an original TiTok release (key signature)."""
+    return "latent_tokens" in keys and any(key.startswith("encoder.transformer.") for key in keys)
+
+
 def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     state_dict, original = _read_source(source, config_file)
     presets = load_presets(TITOK_VIT_PRESETS, presets_file)
-    config = build_config(state_dict, original, presets)
+    config, notes = build_config(state_dict, original, presets)
     logger.info("building TiTokModel (%s tokens, %s)", config.num_latent_tokens, config.quantize_mode)
     model = TiTokModel(config).eval()
     converted, unmapped = convert_state_dict(state_dict, model)
-    load_into_model(model, converted, unmapped)
-    processor = TiTokImageProcessor(
-        size={"shortest_edge": config.image_size}, crop_size={"height": config.image_size, "width": config.image_size}
-    )
-    return ConversionResult(model=model, processors=[processor])
+    load_into_model(model, converted, unmapped, source=state_dict)
+    processor = square_image_processor(TiTokImageProcessor, config.image_size)
+    return ConversionResult(model=model, processors=[processor], notes=notes)

@@ -4,15 +4,21 @@ An architecture's converter (``convert_<arch>.py``) exposes ``convert(source, co
 ConversionResult``; ``vistok-convert`` (``__main__.py``) does the rest through ``save_conversion``.
 """
 
+import gc
 import json
 import logging
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
+
+from ..modeling.layers import split_qkv
 
 
 logger = logging.getLogger("vistok.conversion")
@@ -36,7 +42,8 @@ class ConversionResult:
 def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     """Loads a state dict from a safetensors file, or a ``.bin/.pt/.pth/.ckpt`` file with
     ``torch.load(weights_only=True)`` (nothing in it is executed). Training checkpoints that wrap the weights
-    (``{"state_dict": ...}``, ``{"model": ...}``, ``{"ema": ...}``, ``{"module": ...}``) are unwrapped; ``ema`` wins."""
+    (``{"state_dict": ...}``, ``{"model_state_dict": ...}`` (openai-whisper), ``{"model": ...}``, ``{"ema": ...}``,
+    ``{"module": ...}``) are unwrapped; ``ema`` wins."""
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"checkpoint file {path} does not exist.")
@@ -52,13 +59,27 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             f"could not read {path} with torch.load(weights_only=True): {error}. Only plain tensor checkpoints are "
             "accepted; nothing in a checkpoint is executed."
         ) from error
-    for wrapper_key in ("ema", "state_dict", "model", "module"):
+    for wrapper_key in ("ema", "state_dict", "model_state_dict", "model", "module"):
         if isinstance(state, dict) and isinstance(state.get(wrapper_key), dict):
             state = state[wrapper_key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConversionError(f"{path} does not contain a flat dict of tensors.")
     return state
+
+
+def checkpoint_keys(path: str | Path) -> set[str]:
+    """Tensor names of a checkpoint file (safetensors headers only; other formats are loaded)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), "pt") as handle:
+                return set(handle.keys())
+        except Exception as error:  # corrupt or truncated header
+            raise ConversionError(f"could not read safetensors file {path}: {error}") from error
+    return set(load_checkpoint(path))
 
 
 def find_checkpoint_file(source: Path, preferred: tuple[str, ...] = ()) -> Path:
@@ -86,13 +107,22 @@ def load_config_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConversionError(f"config file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConversionError(f"could not read config file {path}: {error}") from None
+    if not text.strip():
+        raise ConversionError(f"config file {path} is empty; it should hold the original config.")
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
 
-        data = yaml.safe_load(text)
-    else:
-        data = json.loads(text)
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as error:  # json.JSONDecodeError, yaml.YAMLError
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
+        raise ConversionError(f"config file {path} is not valid {kind}: {error}") from None
     if not isinstance(data, dict):
         raise ConversionError(f"config file {path} does not hold a mapping.")
     return data
@@ -121,6 +151,52 @@ def get_preset(presets: dict[str, dict], name: str, required: tuple[str, ...] = 
     if missing:
         raise ConversionError(f"preset {name!r} lacks {missing}; add them with --preset-overrides.")
     return preset
+
+
+def require_tensor(state_dict: dict[str, torch.Tensor], key: str, what: str, role: str | None = None) -> torch.Tensor:
+    """``state_dict[key]``, or a ConversionError saying the source does not look like a ``what`` checkpoint (``role``
+    says what the tensor is for)."""
+    if key not in state_dict:
+        role = f" ({role})" if role else ""
+        raise ConversionError(f"the checkpoint has no tensor {key!r}{role}; is it a {what} checkpoint?")
+    return state_dict[key]
+
+
+def count_layers(keys, prefix: str) -> int:
+    """Number of numbered blocks ``f"{prefix}.{i}.…"`` among ``keys`` (a state dict or its names; ``prefix`` with or
+    without the trailing dot); they must exist and be numbered 0..n-1."""
+    prefix = prefix.rstrip(".") + "."
+    indices = {int(m.group(1)) for key in keys if (m := re.match(re.escape(prefix) + r"(\d+)\.", key))}
+    if not indices or sorted(indices) != list(range(len(indices))):
+        raise ConversionError(f"the layers under {prefix!r} are missing or not numbered 0..n-1: {sorted(indices)}")
+    return len(indices)
+
+
+def split_fused_qkv(state_dict: dict[str, torch.Tensor], fused: str, parts: tuple[str, str, str]) -> dict:
+    """Splits every tensor whose key has the component ``fused`` (``.qkv.``) into three tensors whose keys have
+    ``parts`` instead (``.q_proj.``, ``.k_proj.``, ``.v_proj.``); other keys are kept."""
+    result = {}
+    for key, tensor in state_dict.items():
+        if f".{fused}." not in key:
+            result[key] = tensor
+            continue
+        try:
+            pieces = split_qkv(tensor, key)
+        except ValueError as error:
+            raise ConversionError(str(error)) from None
+        for part, piece in zip(parts, pieces):
+            result[key.replace(f".{fused}.", f".{part}.")] = piece
+    return result
+
+
+def config_disagreements(declared: dict, from_weights: dict) -> list[str]:
+    """Notes for the conversion summary where the original config declares a value (not None) that the weights
+    contradict; the weights win."""
+    return [
+        f"the original config says {name}={declared[name]!r} but the weights have {value!r}; converted with {value!r}"
+        for name, value in from_weights.items()
+        if declared.get(name) is not None and declared[name] != value
+    ]
 
 
 def rename_state_dict(
@@ -152,30 +228,112 @@ def rename_state_dict(
     return renamed, unmapped, dropped_keys
 
 
-def load_into_model(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], unmapped: list[str] = ()) -> None:
-    """Strictly loads ``state_dict`` into ``model``: every target tensor must be filled with a tensor of the right
-    shape and every source key used, otherwise a ``ConversionError`` names the offending keys."""
-    target = model.state_dict()
-    missing = sorted(set(target) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(target))
-    mismatched = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
-        for k in sorted(set(target) & set(state_dict))
-        if tuple(state_dict[k].shape) != tuple(target[k].shape)
-    ]
+def raise_if_mismatched(unmapped, unexpected, missing, mismatched) -> None:
+    """Raises a ``ConversionError`` naming every problem of a strict load (keys or ``"key: shapes"`` strings)."""
     problems = []
     if unmapped:
         problems.append(f"source tensors with no mapping: {sorted(unmapped)}")
     if unexpected:
-        problems.append(f"converted tensors the model does not have: {unexpected}")
+        problems.append(f"converted tensors the model does not have: {sorted(unexpected)}")
     if missing:
-        problems.append(f"model tensors missing from the checkpoint: {missing}")
+        problems.append(f"model tensors missing from the checkpoint: {sorted(missing)}")
     if mismatched:
         problems.append(f"shape mismatches: {mismatched}")
     if problems:
         raise ConversionError("checkpoint does not match the model:\n  " + "\n  ".join(problems))
+
+
+def _storage(tensor: torch.Tensor):
+    try:
+        return tensor.untyped_storage().data_ptr()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def load_into_model(
+    model: torch.nn.Module,
+    state_dict: dict[str, torch.Tensor],
+    unmapped: list[str] = (),
+    source: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Strictly loads ``state_dict`` into ``model``: every target tensor must be filled with a tensor of the right
+    shape and every source key used, otherwise a ``ConversionError`` names the offending keys. With ``source`` (the
+    original state dict), a shape mismatch also names the original tensor it came from."""
+    target = model.state_dict()
+    origin = {}
+    for key, tensor in (source or {}).items():
+        origin.setdefault(_storage(tensor), key)
+    origin.pop(None, None)
+
+    def _from(key: str) -> str:
+        name = origin.get(_storage(state_dict[key]))
+        return f" (source tensor {name!r})" if name and name != key else ""
+
+    missing = sorted(set(target) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(target))
+    mismatched = [
+        f"{k}{_from(k)}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(target[k].shape)}"
+        for k in sorted(set(target) & set(state_dict))
+        if tuple(state_dict[k].shape) != tuple(target[k].shape)
+    ]
+    raise_if_mismatched(unmapped, unexpected, missing, mismatched)
     for key in tqdm(list(target), desc="copying tensors", disable=len(target) < 200, leave=False):
         target[key].copy_(state_dict[key].to(target[key].dtype))
+
+
+def check_paths(source: str | Path, dest: str | Path, force: bool) -> Path:
+    """Refuses a DEST that would overwrite or nest with SOURCE, a DEST that is a file, and a non-empty DEST without
+    ``force``; returns DEST as a Path."""
+    dest = Path(dest)
+    if source is not None and Path(source).exists():
+        source_path, dest_path = Path(source).resolve(), dest.resolve()
+        if source_path == dest_path or source_path in dest_path.parents or dest_path in source_path.parents:
+            raise ConversionError(
+                f"destination {dest} and source {source} overlap (the same folder, or one inside the other); "
+                "writing there could destroy the original checkpoint. Choose a separate destination folder."
+            )
+    if dest.exists() and not dest.is_dir():
+        raise ConversionError(f"destination {dest} exists and is not a directory.")
+    if dest.exists() and any(dest.iterdir()) and not force:
+        raise ConversionError(f"destination {dest} is not empty; pass --force to overwrite it.")
+    return dest
+
+
+def cast_model(model: torch.nn.Module, dtype: str) -> None:
+    """Casts floating parameters to ``dtype`` ("float32", "bfloat16", "float16") in place, except the modules the
+    model keeps in float32 (``_keep_in_fp32_modules_strict``: codebooks, VAEs)."""
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+    if torch_dtype is None:
+        raise ConversionError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}.")
+    keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    for name, module in model.named_modules():
+        if any(name == k or name.startswith(k + ".") or name.endswith("." + k) for k in keep):
+            continue
+        for param in module.parameters(recurse=False):
+            if param.is_floating_point():
+                param.data = param.data.to(torch_dtype)
+    model.config.dtype = dtype
+
+
+def _usage_card(model: torch.nn.Module, arch: str | None, source) -> str:
+    name = type(model).__name__
+    return (
+        f"# {name} converted with vistok\n\n"
+        f"Converted from the original release `{source}` with `vistok-convert {arch or ''}`. Load it with vistok "
+        "imported (vistok registers the architecture with transformers; without it transformers does not recognize "
+        f"the model type `{model.config.model_type}`):\n\n"
+        "```python\nimport vistok  # registers the vistok architectures\n"
+        "from transformers import AutoModel\n\n"
+        f'model = AutoModel.from_pretrained("path/to/this/folder")\n```\n'
+    )
+
+
+def _make_readable(folder: Path) -> None:
+    """Gives the written files the permissions of a normal file (some writers create them 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def save_conversion(
@@ -185,41 +343,48 @@ def save_conversion(
     force: bool = False,
     push_to_hub: str | None = None,
     verify: bool = True,
+    source: str | Path | None = None,
+    arch: str | None = None,
 ) -> Path:
-    """Writes the converted model (safetensors) and its processors to ``dest``; optionally pushes them to the Hub.
+    """Writes the converted model (safetensors), its processors and a usage card to ``dest``; optionally pushes them
+    to the Hub.
 
-    Refuses a non-empty ``dest`` unless ``force``. With ``verify``, reloads ``dest`` through the Auto classes and
-    fails if any weight is missing or unused."""
-    dest = Path(dest)
-    if dest.exists() and not dest.is_dir():
-        raise ConversionError(f"destination {dest} exists and is not a directory.")
-    if dest.exists() and any(dest.iterdir()) and not force:
-        raise ConversionError(f"destination {dest} is not empty; pass --force to overwrite it.")
-    dest.mkdir(parents=True, exist_ok=True)
+    Everything is written to a temporary folder next to ``dest`` and moved into place only when complete (and, with
+    ``verify``, reloaded through the Auto classes without missing or unused weights), so a failed or interrupted
+    conversion leaves ``dest`` as it was. ``dest`` must not overlap ``source``; a non-empty ``dest`` is replaced only
+    with ``force``. ``result.model`` is released once written, so the verification never holds a second copy of an
+    LLM-sized model. The Hub upload is one commit with exactly the files written."""
+    dest = check_paths(source, dest, force)
     model = result.model
     if dtype is not None:
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-        if torch_dtype is None:
-            raise ConversionError(f"--dtype must be float32, bfloat16 or float16, got {dtype!r}.")
-        keep = set(getattr(model, "_keep_in_fp32_modules_strict", None) or [])
-        for name, module in model.named_modules():
-            if any(name == k or name.startswith(k + ".") or name.endswith("." + k) for k in keep):
-                continue
-            for param in module.parameters(recurse=False):
-                if param.is_floating_point():
-                    param.data = param.data.to(torch_dtype)
-        model.config.dtype = dtype
-    logger.info("writing %s to %s", type(model).__name__, dest)
-    model.save_pretrained(dest, safe_serialization=True)
-    for processor in result.processors:
-        processor.save_pretrained(dest)
-    if verify:
-        verify_saved_model(dest, type(model))
-    if push_to_hub:
-        logger.info("pushing %s to the Hub repo %s", dest, push_to_hub)
-        model.push_to_hub(push_to_hub)
+        cast_model(model, dtype)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        logger.info("writing %s to %s", type(model).__name__, dest)
+        model.save_pretrained(staging, safe_serialization=True)
         for processor in result.processors:
-            processor.push_to_hub(push_to_hub)
+            processor.save_pretrained(staging)
+        if not (staging / "README.md").exists():
+            (staging / "README.md").write_text(_usage_card(model, arch, source), encoding="utf-8")
+        model_class = type(model)
+        result.model = model = None
+        gc.collect()
+        if verify:
+            verify_saved_model(staging, model_class)
+        _make_readable(staging)
+        if dest.exists():
+            shutil.rmtree(dest)
+        staging.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if push_to_hub:
+        from huggingface_hub import HfApi
+
+        logger.info("pushing %s to the Hub repo %s", dest, push_to_hub)
+        api = HfApi()
+        api.create_repo(push_to_hub, exist_ok=True)
+        api.upload_folder(repo_id=push_to_hub, folder_path=dest, commit_message="Upload converted model (vistok-convert)")
     return dest
 
 
@@ -236,31 +401,129 @@ def verify_saved_model(dest: Path, model_class: type) -> None:
         raise ConversionError(f"the written model does not reload cleanly: {problems}")
 
 
-def count_layers(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
-    """Number of numbered blocks ``<prefix><i>.*`` in ``state_dict``; they must be numbered 0..n-1."""
-    indices = {int(key[len(prefix):].split(".")[0]) for key in state_dict if key.startswith(prefix)}
-    if not indices or sorted(indices) != list(range(len(indices))):
-        raise ConversionError(f"layers under {prefix!r} are missing or not numbered 0..n-1: {sorted(indices)}")
-    return len(indices)
+# -- large (sharded) checkpoints -------------------------------------------------------------------------------------
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
-def require_tensor(state_dict: dict[str, torch.Tensor], key: str, what: str) -> torch.Tensor:
-    """``state_dict[key]``, or a ``ConversionError`` saying the checkpoint is not a ``what`` checkpoint."""
-    if key not in state_dict:
-        raise ConversionError(f"the checkpoint has no tensor {key!r}; is it a {what} checkpoint?")
-    return state_dict[key]
+def checkpoint_files(source: str | Path) -> list[Path]:
+    """The weight files of a release: the shards listed by ``model.safetensors.index.json`` (or the ``.bin`` index),
+    else the single checkpoint file of the folder (see ``find_checkpoint_file``)."""
+    source = Path(source)
+    for name in INDEX_FILES if source.is_dir() else ():
+        if (source / name).is_file():
+            weight_map = json.loads((source / name).read_text(encoding="utf-8")).get("weight_map", {})
+            files = sorted({source / shard for shard in weight_map.values()})
+            missing = [f.name for f in files if not f.is_file()]
+            if not files or missing:
+                raise ConversionError(f"{source / name} lists shards that are absent: {missing or 'none listed'}.")
+            return files
+    return [find_checkpoint_file(source, preferred=("model.safetensors", "pytorch_model.bin"))]
 
 
-def split_fused_qkv(renamed: dict[str, torch.Tensor], fused: str = ".qkv.") -> dict[str, torch.Tensor]:
-    """Splits every fused ``...<fused>weight|bias`` tensor (rows q, k, v) into ``q_proj``/``k_proj``/``v_proj``."""
-    converted = {}
-    for key, tensor in renamed.items():
-        if fused in key:
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
-                converted[key.replace(fused, f".{name}.")] = part
+def read_checkpoint_shapes(files: list[Path]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``{key: (shape, dtype)}`` of every tensor in ``files`` without reading the data (safetensors headers; ``.bin``
+    files are memory-mapped)."""
+    from safetensors import safe_open
+
+    shapes = {}
+    for path in files:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                for key in handle.keys():
+                    tensor_slice = handle.get_slice(key)
+                    dtype = getattr(torch, {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64",
+                                            "I64": "int64", "I32": "int32", "BOOL": "bool"}.get(tensor_slice.get_dtype(),
+                                                                                                 "float32"))
+                    shapes[key] = (tuple(tensor_slice.get_shape()), dtype)
         else:
-            converted[key] = tensor
-    return converted
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            shapes.update({key: (tuple(t.shape), t.dtype) for key, t in state.items()})
+    return shapes
+
+
+def build_empty_model(model_class: type, config) -> torch.nn.Module:
+    """``model_class(config)`` without initialising the weights: parameters are allocated but not written (so not
+    resident in memory) until ``load_shards_into_model`` replaces them; buffers computed in ``__init__`` are real."""
+    from transformers.initialization import no_init_weights, no_tie_weights
+
+    with no_init_weights(), no_tie_weights():
+        return model_class(config)
+
+
+def load_shards_into_model(model: torch.nn.Module, files: list[Path], convert_shard) -> None:
+    """Fills ``model`` one checkpoint file at a time, so a sharded release never has two full copies in memory.
+
+    ``convert_shard(state_dict) -> (converted, unmapped, dropped)`` maps one shard's tensors to ``model``'s names (see
+    ``rename_state_dict``). Converted tensors are assigned as the model's parameters (no copy; their dtype is kept).
+    At the end the accounting is strict like ``load_into_model``: every source tensor mapped or dropped on purpose,
+    every model tensor filled once with the right shape; tied weights (``all_tied_weights_keys``) are then tied."""
+    target = model.state_dict()
+    tied = set(getattr(model, "all_tied_weights_keys", {}) or {})
+    filled, unmapped, unexpected, mismatched = set(), [], [], []
+    for path in tqdm(files, desc="converting shards", disable=len(files) < 2):
+        converted, shard_unmapped, _ = convert_shard(load_checkpoint(path))
+        unmapped.extend(shard_unmapped)
+        for key, tensor in converted.items():
+            if key not in target or key in tied:
+                unexpected.append(key)
+            elif tuple(tensor.shape) != tuple(target[key].shape):
+                mismatched.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(target[key].shape)}")
+            elif key in filled:
+                raise ConversionError(f"two source tensors map to {key!r}.")
+        usable = {k: v for k, v in converted.items()
+                  if k in target and k not in tied and tuple(v.shape) == tuple(target[k].shape)}
+        model.load_state_dict(usable, strict=False, assign=True)
+        filled.update(converted)
+        del converted
+    missing = sorted(set(target) - tied - filled)
+    raise_if_mismatched(unmapped, unexpected, missing, mismatched)
+    model.tie_weights()
+
+
+# fields of an original (v4) LLM config that carry over unchanged into a transformers 5 text config
+LLM_CONFIG_FIELDS = ("hidden_act", "max_position_embeddings", "rms_norm_eps", "bos_token_id", "eos_token_id",
+                     "pad_token_id", "use_sliding_window", "sliding_window", "max_window_layers", "attention_dropout")
+
+
+def llm_config_fields(llm: dict) -> dict:
+    """The ``LLM_CONFIG_FIELDS`` present in ``llm`` plus ``rope_parameters`` built from the v4 ``rope_theta`` /
+    ``rope_scaling`` keys (``{"type": "dynamic", "factor": 2.0}`` -> ``rope_type: dynamic``). Sizes are not copied:
+    converters read them from the weights."""
+    rope = {"rope_type": "default", "rope_theta": float(llm.get("rope_theta", 10000.0))}
+    scaling = llm.get("rope_scaling")
+    if scaling:
+        rope |= {k: v for k, v in scaling.items() if k != "type"} | {"rope_type": scaling.get("rope_type", scaling.get("type"))}
+    return {k: llm[k] for k in LLM_CONFIG_FIELDS if k in llm} | {"rope_parameters": rope}
+
+
+def require_shape(shapes: dict, key: str, release: str) -> tuple[int, ...]:
+    """Shape of ``key`` from ``read_checkpoint_shapes`` output; a ``ConversionError`` naming ``release`` if absent."""
+    if key not in shapes:
+        raise ConversionError(f"the checkpoint has no {key!r}; is this a {release} release?")
+    return shapes[key][0]
+
+
+def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], class_overrides: dict | None = None):
+    """The tokenizer of an original release, loaded without its remote code, with ``named_tokens``
+    (``{"image_token": "<image>", ...}``) as named special tokens (``tokenizer.image_token`` / ``image_token_id``, kept
+    by ``save_pretrained``) as transformers' multimodal processors expect. Returns None without tokenizer files.
+
+    The class comes from ``tokenizer_config.json``'s ``tokenizer_class``: a transformers class by name, else
+    ``class_overrides[name]`` (for remote-code tokenizers), else the ``tokenizer.json`` backend."""
+    from transformers import TokenizersBackend
+    from transformers.models.auto.tokenization_auto import tokenizer_class_from_name
+
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer.model")):
+        return None
+    config_file = folder / "tokenizer_config.json"
+    name = load_config_file(config_file).get("tokenizer_class") if config_file.is_file() else None
+    tokenizer_class = (class_overrides or {}).get(name) or (tokenizer_class_from_name(name) if name else None)
+    if tokenizer_class is None:
+        if not (folder / "tokenizer.json").is_file():
+            raise ConversionError(f"cannot load tokenizer class {name!r} from {folder} without its remote code.")
+        tokenizer_class = TokenizersBackend
+    return tokenizer_class.from_pretrained(folder, extra_special_tokens=dict(named_tokens))
 
 
 def read_checkpoint_and_config(source: str | Path, config_file: str | Path | None = None) -> tuple[dict, dict]:

@@ -5,6 +5,8 @@ import math
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .configuration_utils import VariantConfigMixin
+
 
 # The SDXL-like diffusers `AutoencoderKL` that every FlexTok VAE uses (f8); `latent_channels` picks c4/c8/c16.
 FLEXTOK_VAE_BASE_CONFIG = {
@@ -45,7 +47,7 @@ def gated_mlp_size(hidden_size: int, mlp_ratio: float) -> int:
 
 
 @strict
-class FlexTokConfig(PreTrainedConfig):
+class FlexTokConfig(VariantConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a FlexTok tokenizer (Bachmann et al., 2025, arXiv:2502.13967): a frozen diffusers `AutoencoderKL`
     VAE, a ViT encoder that resamples the VAE latent patches into `num_latent_tokens` register tokens under a causal
@@ -94,6 +96,7 @@ class FlexTokConfig(PreTrainedConfig):
     """
 
     model_type = "flextok"
+    variants = FLEXTOK_VARIANTS
 
     image_size: int = 256
     num_channels: int = 3
@@ -186,8 +189,10 @@ class FlexTokConfig(PreTrainedConfig):
                 raise ValueError(
                     f"vae_config[{key!r}] ({self.vae_config.get(key)}) must equal num_channels ({self.num_channels})."
                 )
-        for name in ("encoder", "decoder"):
-            hidden, heads = getattr(self, f"{name}_hidden_size"), getattr(self, f"{name}_num_attention_heads")
+        for name, hidden, heads in (
+            ("encoder", self.encoder_hidden_size, self.encoder_num_attention_heads),
+            ("decoder", self.decoder_hidden_size, self.decoder_num_attention_heads),
+        ):
             if hidden % heads != 0:
                 raise ValueError(
                     f"{name}_hidden_size ({hidden}) must be divisible by {name}_num_attention_heads ({heads})."
@@ -222,11 +227,8 @@ class FlexTokConfig(PreTrainedConfig):
             )
 
     @classmethod
-    def from_variant(cls, name: str, **kwargs) -> "FlexTokConfig":
-        """Config of a released tokenizer from `FLEXTOK_VARIANTS` (random weights; convert the release for weights)."""
-        if name not in FLEXTOK_VARIANTS:
-            raise ValueError(f"unknown FlexTok variant {name!r}; known: {sorted(FLEXTOK_VARIANTS)}.")
-        variant = FLEXTOK_VARIANTS[name]
+    def variant_fields(cls, variant: dict) -> dict:
+        """A `FLEXTOK_VARIANTS` entry gives depths; width is 64 per layer and there is one head per layer."""
         fields = {}
         for part in ("encoder", "decoder"):
             depth = variant[f"{part}_depth"]
@@ -235,7 +237,7 @@ class FlexTokConfig(PreTrainedConfig):
                 f"{part}_num_hidden_layers": depth,
                 f"{part}_num_attention_heads": depth,
             }
-        return cls(**(fields | kwargs))
+        return fields
 
 
 __all__ = ["FLEXTOK_VAE_BASE_CONFIG", "FLEXTOK_VAE_VARIANTS", "FLEXTOK_VARIANTS", "FlexTokConfig"]

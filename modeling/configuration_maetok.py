@@ -3,6 +3,8 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .configuration_utils import VariantConfigMixin
+
 
 # timm registry names the original `ModelArgs` uses for its ViTs (tags such as `.lvd142m` stripped). Hidden size and
 # depth are read from the weights at conversion time; the head count is not, so it comes from here.
@@ -33,7 +35,7 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 
 @strict
-class MAETokConfig(PreTrainedConfig):
+class MAETokConfig(VariantConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a MAETok 1D image tokenizer (Chen et al., 2025, "Masked Autoencoders Are Effective Tokenizers for
     Diffusion Models", arXiv:2502.03444): a ViT encoder that appends `num_latent_tokens` learned tokens to the image
@@ -80,6 +82,7 @@ class MAETokConfig(PreTrainedConfig):
     """
 
     model_type = "maetok"
+    variants = MAETOK_VARIANTS
 
     image_size: int = 256
     num_channels: int = 3
@@ -141,9 +144,11 @@ class MAETokConfig(PreTrainedConfig):
         for name, patch in patches:
             if patch <= 0 or self.image_size % patch != 0:
                 raise ValueError(f"image_size ({self.image_size}) must be divisible by {name} ({patch}).")
-        for prefix in ("encoder", "decoder", "aux"):
-            hidden = getattr(self, f"{prefix}_hidden_size")
-            heads = getattr(self, f"{prefix}_num_attention_heads")
+        for prefix, hidden, heads in (
+            ("encoder", self.encoder_hidden_size, self.encoder_num_attention_heads),
+            ("decoder", self.decoder_hidden_size, self.decoder_num_attention_heads),
+            ("aux", self.aux_hidden_size, self.aux_num_attention_heads),
+        ):
             if hidden % heads != 0 or (hidden // heads) % 4 != 0:
                 raise ValueError(
                     f"{prefix}_hidden_size ({hidden}) must be divisible by {prefix}_num_attention_heads ({heads}) "
@@ -161,12 +166,3 @@ class MAETokConfig(PreTrainedConfig):
                 f"teacher_image_mean/std must have {self.num_channels} values, got {self.teacher_image_mean} and "
                 f"{self.teacher_image_std}."
             )
-
-    @classmethod
-    def from_variant(cls, name: str, **kwargs) -> "MAETokConfig":
-        """Config of a released tokenizer from `MAETOK_VARIANTS` (random weights; convert the release for weights)."""
-        if name not in MAETOK_VARIANTS:
-            raise ValueError(f"unknown MAETok variant {name!r}; known: {sorted(MAETOK_VARIANTS)}.")
-        variant = dict(MAETOK_VARIANTS[name])
-        variant.pop("hub_id")
-        return cls(**(variant | kwargs))

@@ -3,6 +3,8 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .configuration_utils import VariantConfigMixin
+
 
 # ViT sizes the original code names in `vit_enc_model_size` / `vit_dec_model_size`.
 TITOK_VIT_PRESETS = {
@@ -54,7 +56,7 @@ TITOK_VARIANTS = {
 
 
 @strict
-class TiTokConfig(PreTrainedConfig):
+class TiTokConfig(VariantConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a TiTok 1D image tokenizer (Yu et al., 2024, arXiv:2406.07550) and its variants: two-stage VQ
     (MaskGIT-VQGAN pixel decoder), single-stage VQ8k, VAE and text-aware TA-TiTok (arXiv:2501.07730).
@@ -87,6 +89,7 @@ class TiTokConfig(PreTrainedConfig):
     """
 
     model_type = "titok"
+    variants = TITOK_VARIANTS
 
     image_size: int = 256
     num_channels: int = 3
@@ -153,12 +156,9 @@ class TiTokConfig(PreTrainedConfig):
                 )
 
     @classmethod
-    def from_variant(cls, name: str, **kwargs) -> "TiTokConfig":
-        """Config of a released tokenizer from `TITOK_VARIANTS` (random weights; convert the release for weights)."""
-        if name not in TITOK_VARIANTS:
-            raise ValueError(f"unknown TiTok variant {name!r}; known: {sorted(TITOK_VARIANTS)}.")
-        variant = dict(TITOK_VARIANTS[name])
-        variant.pop("hub_id")
+    def variant_fields(cls, variant: dict) -> dict:
+        """A `TITOK_VARIANTS` entry names its encoder/decoder ViT presets; they become the size fields."""
+        variant = super().variant_fields(variant)
         encoder, decoder = TITOK_VIT_PRESETS[variant.pop("encoder")], TITOK_VIT_PRESETS[variant.pop("decoder")]
         fields = {f"encoder_{k}": v for k, v in encoder.items()} | {f"decoder_{k}": v for k, v in decoder.items()}
-        return cls(**(fields | variant | kwargs))
+        return fields | variant

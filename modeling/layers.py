@@ -259,6 +259,29 @@ class VisionEncoderLayer(GradientCheckpointingLayer):
         return hidden_states
 
 
+def patchify(latents: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, (H/p)*(W/p), p*p*C]; features ordered (row in patch, column in patch, channel)."""
+    batch_size, channels, height, width = latents.shape
+    grid_h, grid_w = height // patch_size, width // patch_size
+    patches = latents.reshape(batch_size, channels, grid_h, patch_size, grid_w, patch_size)
+    return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch_size, grid_h * grid_w, patch_size * patch_size * channels)
+
+
+def unpatchify(patches: torch.Tensor, patch_size: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """Inverse of `patchify`: [B, grid_h*grid_w, p*p*C] -> [B, C, grid_h*p, grid_w*p]."""
+    batch_size = patches.shape[0]
+    channels = patches.shape[-1] // (patch_size * patch_size)
+    latents = patches.reshape(batch_size, grid_h, grid_w, patch_size, patch_size, channels)
+    return latents.permute(0, 5, 1, 3, 2, 4).reshape(batch_size, channels, grid_h * patch_size, grid_w * patch_size)
+
+
+def split_qkv(fused: torch.Tensor, name: str = "qkv") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Splits a fused query/key/value projection (weight [3W, ...] or bias [3W]) into its three parts."""
+    if fused.shape[0] % 3:
+        raise ValueError(f"{name} has shape {tuple(fused.shape)}; its first dimension must split in 3 (q, k, v).")
+    return tuple(part.contiguous() for part in fused.chunk(3, dim=0))
+
+
 def get_1d_sincos_pos_embed(embed_dim: int, positions: torch.Tensor, max_period: float = 10000.0) -> torch.Tensor:
     """[len(positions), embed_dim] table: first half sin, second half cos (MAE convention)."""
     if embed_dim % 2 != 0:

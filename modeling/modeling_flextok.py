@@ -13,18 +13,19 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.utils import ModelOutput
 
-from .configuration_flextok import GUIDANCE_TYPES, FlexTokConfig
-from .layers import VisionEncoderLayer, get_2d_sincos_pos_embed, init_common_weights
+from .configuration_flextok import FlexTokConfig
+from .layers import VisionEncoderLayer, get_2d_sincos_pos_embed, init_common_weights, patchify, unpatchify
 from .quantizers import FiniteScalarQuantizer
+from .scheduling_flextok import FlexTokFlowSampler, FlexTokTrainingObjective, rng_device
 from .tokenizer_utils import (
     TokenizerDecoderOutput,
     TokenizerEncoderOutput,
+    TokenizerLayout,
     TokenizerModelOutput,
     VisualTokenizerMixin,
     apply_forward_hook,
@@ -90,22 +91,6 @@ class FlexTokModelOutput(TokenizerModelOutput):
     keep_k: torch.LongTensor | None = None
 
 
-def patchify(latents: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[B, C, H, W] -> [B, (H/p)*(W/p), p*p*C]; features ordered (row in patch, column in patch, channel)."""
-    batch_size, channels, height, width = latents.shape
-    grid_h, grid_w = height // patch_size, width // patch_size
-    patches = latents.reshape(batch_size, channels, grid_h, patch_size, grid_w, patch_size)
-    return patches.permute(0, 2, 4, 3, 5, 1).reshape(batch_size, grid_h * grid_w, patch_size * patch_size * channels)
-
-
-def unpatchify(patches: torch.Tensor, patch_size: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """Inverse of `patchify`: [B, grid_h*grid_w, p*p*C] -> [B, C, grid_h*p, grid_w*p]."""
-    batch_size = patches.shape[0]
-    channels = patches.shape[-1] // (patch_size * patch_size)
-    latents = patches.reshape(batch_size, grid_h, grid_w, patch_size, patch_size, channels)
-    return latents.permute(0, 5, 1, 3, 2, 4).reshape(batch_size, channels, grid_h * patch_size, grid_w * patch_size)
-
-
 def register_attention_mask(num_patches: int, num_registers: int, device=None) -> torch.Tensor:
     """Encoder mask, bool [1, 1, L, L] (True = attend): patches see all patches and no register; register `i` sees
     all patches and registers `0..i`. This causality is what makes every token prefix a valid encoding."""
@@ -119,11 +104,6 @@ def register_attention_mask(num_patches: int, num_registers: int, device=None) -
 
 # decode settings that a training step accepts (so one set of kwargs serves both modes) and ignores
 _DECODE_ONLY_KWARGS = {"num_steps", "guidance_scale", "guidance_type", "token_lengths"}
-
-
-def _rng_device(generator: torch.Generator | None, device) -> torch.device:
-    # draw on the generator's device, so a CPU generator gives the same numbers wherever the model runs
-    return generator.device if generator is not None else torch.device(device)
 
 
 def _flextok_sincos_table(width: int, grid: int) -> torch.Tensor:
@@ -245,13 +225,11 @@ class FlexTokTimestepEmbedding(nn.Module):
         return self.linear_2(self.act(self.linear_1(features)))
 
 
-def _flextok_layer_kwargs(config: FlexTokConfig, prefix: str) -> dict:
-    hidden_size = getattr(config, f"{prefix}_hidden_size")
-    num_heads = getattr(config, f"{prefix}_num_attention_heads")
+def _flextok_layer_kwargs(config: FlexTokConfig, hidden_size: int, num_heads: int, intermediate_size: int) -> dict:
     return dict(
         hidden_size=hidden_size,
         num_heads=num_heads,
-        intermediate_size=getattr(config, f"{prefix}_intermediate_size"),
+        intermediate_size=intermediate_size,
         hidden_act=config.hidden_act,
         layer_norm_eps=config.layer_norm_eps,
         norm_affine=False,
@@ -268,8 +246,12 @@ def _flextok_layer_kwargs(config: FlexTokConfig, prefix: str) -> dict:
 class FlexTokEncoderLayer(VisionEncoderLayer):
     """Pre-norm block: parameter-free float32 LayerNorms, bias-free attention with QK-norm and muP scale, SwiGLU."""
 
-    def __init__(self, config: FlexTokConfig, prefix: str = "encoder"):
-        kwargs = _flextok_layer_kwargs(config, prefix)
+    def __init__(self, config: FlexTokConfig, decoder: bool = False):
+        if decoder:
+            sizes = (config.decoder_hidden_size, config.decoder_num_attention_heads, config.decoder_intermediate_size)
+        else:
+            sizes = (config.encoder_hidden_size, config.encoder_num_attention_heads, config.encoder_intermediate_size)
+        kwargs = _flextok_layer_kwargs(config, *sizes)
         super().__init__(config, **kwargs)
         eps, head_dim = config.layer_norm_eps, self.self_attn.head_dim
         self.norm1 = FlexTokLayerNorm(kwargs["hidden_size"], eps)
@@ -283,7 +265,7 @@ class FlexTokDecoderLayer(FlexTokEncoderLayer):
     tokens and the register tokens get separate (gate, shift, scale) sets."""
 
     def __init__(self, config: FlexTokConfig):
-        super().__init__(config, prefix="decoder")
+        super().__init__(config, decoder=True)
         self.expansion = config.adaln_expansion
         width = config.decoder_hidden_size
         self.adaln_modulation = nn.Linear(width, self.expansion * 6 * width)
@@ -438,37 +420,26 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
 
     def __init__(self, config: FlexTokConfig):
         super().__init__(config)
+        from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL  # heavy: imported when FlexTok is used
+
         self.vae = AutoencoderKL.from_config(config.vae_config)
         self.encoder = FlexTokEncoder(config)
         self.quantizer = FiniteScalarQuantizer(config.fsq_levels)
         self.decoder = FlexTokDecoder(config)
         self.post_init()
 
-    def _check_num_tokens(self, num_tokens: int, what: str) -> None:
-        maximum = self.config.num_latent_tokens
-        if not 1 <= num_tokens <= maximum:
-            raise ValueError(f"FlexTok handles 1 to {maximum} tokens per image (any prefix), got {what}.")
-
-    def validate_tokens(self, tokens: torch.Tensor) -> None:
-        """Accepts any prefix length 1..num_latent_tokens."""
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must have shape [batch, num_tokens], got {tuple(tokens.shape)}.")
-        self._check_num_tokens(tokens.shape[1], f"{tokens.shape[1]} tokens (shape {tuple(tokens.shape)})")
-        vocab = self.vocab_size
-        if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
-            raise ValueError(
-                f"token ids must be in [0, {vocab}), got values in [{int(tokens.min())}, {int(tokens.max())}]."
-            )
-
-    def validate_latents(self, latents: torch.Tensor) -> None:
-        """Accepts FSQ codes [B, k, len(fsq_levels)] for any prefix length 1..num_latent_tokens."""
-        dim = len(self.config.fsq_levels)
-        if latents.ndim != 3 or latents.shape[-1] != dim:
-            raise ValueError(
-                f"latents must have shape [batch, num_tokens, latent_dim] with latent_dim={dim}, got "
-                f"{tuple(latents.shape)}."
-            )
-        self._check_num_tokens(latents.shape[1], f"{latents.shape[1]} latent tokens (shape {tuple(latents.shape)})")
+    @property
+    def layout(self) -> TokenizerLayout:
+        config = self.config
+        return TokenizerLayout(
+            inputs=("image",),
+            tokens="1d",
+            num_channels=config.num_channels,
+            image_size=(config.image_size, config.image_size),
+            max_tokens=config.num_latent_tokens,
+            vocab_size=config.codebook_size,
+            latent_dim=len(config.fsq_levels),
+        )
 
     @property
     def _vae_dtype(self) -> torch.dtype:
@@ -500,7 +471,9 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
     ) -> FlexTokEncoderOutput:
         if num_tokens is None:
             num_tokens = self.config.num_latent_tokens
-        self._check_num_tokens(num_tokens, f"num_tokens={num_tokens}")
+        maximum = self.config.num_latent_tokens
+        if not isinstance(num_tokens, int) or not 1 <= num_tokens <= maximum:
+            raise ValueError(f"FlexTok encodes 1 to {maximum} tokens per image (any prefix), got num_tokens={num_tokens!r}.")
         # the VAE is frozen: FlexTok never backpropagates into it
         with torch.no_grad():
             vae_latents = self.vae_encode(pixel_values, sample_posterior=sample_posterior, generator=generator)
@@ -589,34 +562,9 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
         side = self.config.latent_grid_size
         shape = (1, self.config.vae_latent_channels, side, side)
         # one draw per image, in order, as the original sampler does (same numbers for the same generator seed)
-        rng_device = _rng_device(generator, device)
-        draws = [torch.randn(shape, generator=generator, device=rng_device) for _ in range(batch_size)]
+        draw_device = rng_device(generator, device)
+        draws = [torch.randn(shape, generator=generator, device=draw_device) for _ in range(batch_size)]
         return torch.cat(draws).to(device)
-
-    def _guided_velocity(
-        self,
-        cond: torch.Tensor,
-        uncond: torch.Tensor,
-        guidance_scale: float,
-        guidance_type: str,
-        momentum: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if guidance_type == "cfg":
-            return uncond + guidance_scale * (cond - uncond), momentum
-        # adaptive projected guidance (arXiv:2410.02416), one momentum buffer per image
-        dims = (1, 2, 3)
-        diff = cond - uncond
-        momentum = diff if momentum is None else diff + self.config.apg_momentum * momentum
-        diff = momentum
-        if self.config.apg_norm_threshold > 0:
-            norm = diff.norm(p=2, dim=dims, keepdim=True)
-            diff = diff * torch.minimum(torch.ones_like(diff), self.config.apg_norm_threshold / norm)
-        direction = cond.double()
-        direction = direction / direction.norm(p=2, dim=dims, keepdim=True).clamp_min(1e-12)
-        parallel = (diff.double() * direction).sum(dim=dims, keepdim=True) * direction
-        orthogonal = (diff.double() - parallel).to(cond.dtype)
-        update = orthogonal + self.config.apg_eta * parallel.to(cond.dtype)
-        return cond + (guidance_scale - 1) * update, momentum
 
     def _decode(
         self,
@@ -628,13 +576,7 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
         noise: torch.Tensor | None = None,
         token_lengths: torch.Tensor | None = None,
     ) -> FlexTokDecoderOutput:
-        num_steps = self.config.num_inference_steps if num_steps is None else num_steps
-        guidance_scale = self.config.guidance_scale if guidance_scale is None else guidance_scale
-        guidance_type = self.config.guidance_type if guidance_type is None else guidance_type
-        if not isinstance(num_steps, int) or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}.")
-        if guidance_type not in GUIDANCE_TYPES:
-            raise ValueError(f"guidance_type must be one of {GUIDANCE_TYPES}, got {guidance_type!r}.")
+        sampler = FlexTokFlowSampler.from_config(self.config, num_steps, guidance_scale, guidance_type)
         batch_size, num_codes = latents.shape[:2]
         device = latents.device
         keep_k = self._check_keep_k(token_lengths, batch_size, num_codes, device, "token_lengths")
@@ -642,26 +584,17 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
             noise = self._sample_noise(batch_size, device, generator)
         else:
             self._check_noise(noise, batch_size)
-        sample = noise.to(device=device, dtype=torch.float32)
-        guided = guidance_scale != 1.0
-        if guided:
+        if sampler.guided:
             # the conditional and unconditional branches run as one batch
             null_mask = torch.arange(2 * batch_size, device=device) >= batch_size
-            latents_in, keep_in = torch.cat([latents, latents]), torch.cat([keep_k, keep_k])
+            latents, keep_k = torch.cat([latents, latents]), torch.cat([keep_k, keep_k])
         else:
-            null_mask, latents_in, keep_in = None, latents, keep_k
-        momentum = None
-        dt = 1.0 / num_steps
-        for step in range(num_steps, 0, -1):
-            sample_in = torch.cat([sample, sample]) if guided else sample
-            timesteps = torch.full((sample_in.shape[0],), step / num_steps, device=device)
-            velocity, _ = self.decoder(sample_in, timesteps, latents_in, keep_in, null_mask)
-            velocity = velocity.float()
-            if guided:
-                velocity, momentum = self._guided_velocity(
-                    velocity[:batch_size], velocity[batch_size:], guidance_scale, guidance_type, momentum
-                )
-            sample = sample - dt * velocity
+            null_mask = None
+
+        def velocity_fn(sample, timesteps):
+            return self.decoder(sample, timesteps, latents, keep_k, null_mask)[0]
+
+        sample = sampler.sample(velocity_fn, noise.to(device=device, dtype=torch.float32))
         return FlexTokDecoderOutput(reconstruction=self.vae_decode(sample), vae_latents=sample)
 
     def decode(self, tokens_or_latents: torch.Tensor, return_dict: bool = True, **kwargs) -> FlexTokDecoderOutput:
@@ -684,19 +617,6 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
         """
         return super().decode(tokens_or_latents, return_dict=return_dict, **kwargs)
 
-    def _sample_keep_k(self, batch_size: int, generator, device) -> torch.Tensor:
-        maximum = self.config.num_latent_tokens
-        mode = self.config.nested_dropout_mode
-        rng_device = _rng_device(generator, device)
-        if mode == "pow2":
-            exponents = torch.randint(0, maximum.bit_length(), (batch_size,), generator=generator, device=rng_device)
-            keep_k = 2**exponents
-        else:
-            keep_k = torch.randint(1, maximum + 1, (batch_size,), generator=generator, device=rng_device)
-            if mode == "uniform_pow2":
-                keep_k = torch.tensor([1 << (int(k) - 1).bit_length() for k in keep_k.tolist()]).clamp(max=maximum)
-        return keep_k.to(device)
-
     def _training_forward(
         self,
         pixel_values: torch.Tensor,
@@ -713,6 +633,7 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
                 f"unexpected arguments {sorted(unknown)} for a training step; it takes generator, noise, timesteps and "
                 f"keep_k (decode settings {sorted(_DECODE_ONLY_KWARGS)} are accepted and ignored)."
             )
+        objective = FlexTokTrainingObjective.from_config(self.config)
         encoded = self._encode(pixel_values)
         clean = encoded.vae_latents
         if labels is not None and labels is not pixel_values:
@@ -724,31 +645,23 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
             with torch.no_grad():
                 clean = self.vae_encode(labels)
         batch_size, device = clean.shape[0], clean.device
-        rng_device = _rng_device(generator, device)
         if timesteps is None:
-            if self.config.training_timestep_sampling == "uniform":
-                timesteps = torch.rand(batch_size, generator=generator, device=rng_device)
-            else:
-                timesteps = torch.sigmoid(torch.randn(batch_size, generator=generator, device=rng_device))
+            timesteps = objective.sample_timesteps(batch_size, generator, device)
         timesteps = torch.as_tensor(timesteps, dtype=torch.float32).to(device).expand(batch_size)
         if noise is None:
-            noise = torch.randn(clean.shape, generator=generator, device=rng_device).to(device)
+            noise = torch.randn(clean.shape, generator=generator, device=rng_device(generator, device)).to(device)
         else:
             self._check_noise(noise, batch_size)
         if keep_k is None:
-            keep_k = self._sample_keep_k(batch_size, generator, device)
+            keep_k = objective.sample_keep_k(batch_size, generator, device)
         else:
             keep_k = self._check_keep_k(keep_k, batch_size, self.config.num_latent_tokens, device, "keep_k")
-        null_mask = torch.rand(batch_size, generator=generator, device=rng_device) < self.config.cfg_dropout_prob
-        null_mask = null_mask.to(device)
-        sigma = timesteps[:, None, None, None]
-        noisy = sigma * noise.float() + (1.0 - sigma) * clean
+        null_mask = objective.sample_null_mask(batch_size, generator, device)
+        noisy = objective.add_noise(clean, noise, timesteps)
         velocity, _ = self.decoder(noisy, timesteps, encoded.latents, keep_k, null_mask)
-        loss = None
-        if labels is not None:
-            loss = F.mse_loss(velocity.float(), (noise.float() - clean))
+        loss = objective.loss(velocity, clean, noise) if labels is not None else None
         with torch.no_grad():
-            reconstruction = self.vae_decode(noisy - sigma * velocity.float())
+            reconstruction = self.vae_decode(noisy - timesteps[:, None, None, None] * velocity.float())
         return FlexTokModelOutput(
             loss=loss,
             latents=encoded.latents,

@@ -21,6 +21,7 @@ from .quantizers import QuantizerOutput, VectorQuantizer
 from .tokenizer_utils import (
     TokenizerDecoderOutput,
     TokenizerEncoderOutput,
+    TokenizerLayout,
     TokenizerModelOutput,
     VisualTokenizerMixin,
     apply_forward_hook,
@@ -346,8 +347,12 @@ class LARPModel(VisualTokenizerMixin, LARPPreTrainedModel):
 
     # -- input validation: clips [B, T, C, H, W] -----------------------------------------------------------------
     @property
-    def expected_image_size(self) -> tuple[int, int]:
-        return self.config.frame_size
+    def layout(self) -> TokenizerLayout:
+        config = self.config
+        return TokenizerLayout(
+            inputs=("video",), tokens="1d", num_channels=config.num_channels, image_size=config.frame_size,
+            num_tokens=config.num_latent_tokens, vocab_size=config.codebook_size, latent_dim=config.bottleneck_dim,
+        )
 
     def _check_num_frames(self, num_frames: int, temporal_patch_size: int, what: str) -> None:
         maximum = self.config.num_frames
@@ -358,31 +363,9 @@ class LARPModel(VisualTokenizerMixin, LARPPreTrainedModel):
             )
 
     def validate_pixel_values(self, pixel_values) -> None:
-        if not isinstance(pixel_values, torch.Tensor):
-            raise ValueError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
-        if not pixel_values.is_floating_point():
-            raise ValueError(
-                f"pixel_values must be a floating point tensor in [0, 1], got dtype {pixel_values.dtype}; use "
-                "LARPVideoProcessor (or `.float() / 255`) first."
-            )
-        if pixel_values.ndim != 5:
-            raise ValueError(
-                "pixel_values must be clips of shape [batch, frames, channels, height, width], got "
-                f"{tuple(pixel_values.shape)}."
-            )
-        channels = self.config.num_channels
-        if pixel_values.shape[2] != channels:
-            raise ValueError(
-                f"pixel_values must have {channels} channels in dimension 2, got {pixel_values.shape[2]} (shape "
-                f"{tuple(pixel_values.shape)}); [batch, channels, frames, ...] input must be transposed first."
-            )
+        """The layout's checks, then the clip length: a multiple of `temporal_patch_size`, at most `num_frames`."""
+        super().validate_pixel_values(pixel_values)
         self._check_num_frames(pixel_values.shape[1], self.config.temporal_patch_size, "pixel_values")
-        height, width = self.expected_image_size
-        if tuple(pixel_values.shape[-2:]) != (height, width):
-            raise ValueError(
-                f"pixel_values must have {height}x{width} frames, got {pixel_values.shape[-2]}x{pixel_values.shape[-1]}; "
-                "resize and crop with LARPVideoProcessor."
-            )
 
     # -- tokenizer hooks -------------------------------------------------------------------------------------------
     def _encode(

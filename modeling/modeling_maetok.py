@@ -8,7 +8,6 @@ predict HOG, DINOv2 and SigLIP features of the masked patches; a second stage fi
 Paper: https://arxiv.org/abs/2502.03444.
 """
 
-import inspect
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,10 +20,12 @@ from transformers import initialization as init
 
 from .configuration_maetok import MAETokConfig
 from .hog import HOGFeatures
-from .layers import LayerScale, VisionEncoderLayer, init_common_weights
+from .layers import LayerScale, VisionEncoderLayer, init_common_weights, unpatchify
+from .teachers_maetok import MAETokTeacher
 from .tokenizer_utils import (
     TokenizerDecoderOutput,
     TokenizerEncoderOutput,
+    TokenizerLayout,
     TokenizerModelOutput,
     VisualTokenizerMixin,
     apply_forward_hook,
@@ -309,10 +310,8 @@ class MAETokHead(nn.Module):
         output = self.proj(hidden_states)
         if self.patch_size is None:
             return output
-        batch_size, p, c = output.shape[0], self.patch_size, self.num_channels
         # per patch the channels are laid out (row, column, colour)
-        output = output.view(batch_size, grid_size, grid_size, p, p, c).permute(0, 5, 1, 3, 2, 4)
-        return output.reshape(batch_size, c, grid_size * p, grid_size * p)
+        return unpatchify(output, self.patch_size, grid_size, grid_size)
 
 
 class MAETokDecoder(nn.Module):
@@ -448,13 +447,17 @@ class MAETokModel(VisualTokenizerMixin, MAETokPreTrainedModel):
     def num_patches(self) -> int:
         return (self.config.image_size // self.config.patch_size) ** 2
 
-    def validate_latents(self, latents: torch.Tensor) -> None:
-        super().validate_latents(latents)
-        if latents.shape[-1] != self.config.latent_dim:
-            raise ValueError(
-                f"latents must have {self.config.latent_dim} channels in their last dimension, got "
-                f"{latents.shape[-1]} (shape {tuple(latents.shape)})."
-            )
+    @property
+    def layout(self) -> TokenizerLayout:
+        config = self.config
+        return TokenizerLayout(
+            inputs=("image",),
+            tokens="1d",
+            num_channels=config.num_channels,
+            image_size=(config.image_size, config.image_size),
+            num_tokens=config.num_latent_tokens,
+            latent_dim=config.latent_dim,
+        )
 
     def random_patch_mask(
         self, batch_size: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
@@ -534,7 +537,7 @@ class MAETokModel(VisualTokenizerMixin, MAETokPreTrainedModel):
         [B, grid**2, feature_dim] on that decoder's patch grid."""
         if target not in AUX_TARGETS:
             raise ValueError(f"target must be one of {AUX_TARGETS}, got {target!r}.")
-        decoder = getattr(self, f"{target}_decoder")
+        decoder = self.aux_decoders[target]
         if decoder is None:
             raise ValueError(f"this MAETok model has no {target} decoder (config.use_{target}_decoder=False).")
         if not isinstance(latents, torch.Tensor) or not latents.is_floating_point():
@@ -543,6 +546,11 @@ class MAETokModel(VisualTokenizerMixin, MAETokPreTrainedModel):
         return decoder(latents)
 
     # ----- training -----
+
+    @property
+    def aux_decoders(self) -> dict:
+        """Auxiliary decoders by target (`None` where the config has none)."""
+        return {"hog": self.hog_decoder, "dino": self.dino_decoder, "siglip": self.siglip_decoder}
 
     def _set_encoder_trainable(self, trainable: bool) -> None:
         for module in (self.encoder, self.quant_proj):
@@ -574,48 +582,21 @@ class MAETokModel(VisualTokenizerMixin, MAETokPreTrainedModel):
         `teacher(pixel_values=images)` on the input mapped from [-1, 1] to [0, 1], resized to
         `grid * teacher.config.patch_size` and normalised with `config.teacher_image_mean/std`; the last `grid**2`
         tokens of `last_hidden_state` are the targets. They are not saved with the model."""
-        for name, teacher in (("dino", dino_model), ("siglip", siglip_model)):
-            if teacher is None:
-                continue
-            if not callable(teacher):
-                raise ValueError(f"{name}_model must be a callable model, got {type(teacher).__name__}.")
-            if isinstance(teacher, nn.Module):
-                teacher.eval().requires_grad_(False)
-            self._feature_teachers[name] = teacher
+        for name, model in (("dino", dino_model), ("siglip", siglip_model)):
+            if model is not None:
+                self._feature_teachers[name] = MAETokTeacher(
+                    model, self.config.teacher_image_mean, self.config.teacher_image_std, name
+                )
 
     def _teacher_features(self, target: str, pixel_values: torch.Tensor, grid_size: int) -> torch.Tensor:
         teacher = self._feature_teachers.get(target)
         if teacher is None:
+            feature_dim = {"dino": self.config.dino_feature_dim, "siglip": self.config.siglip_feature_dim}[target]
             raise ValueError(
                 f"the {target} decoder needs targets in training: pass `{target}_targets` [batch, {grid_size**2}, "
-                f"{getattr(self.config, f'{target}_feature_dim')}] to forward or call "
-                f"`set_feature_teachers({target}_model=...)`."
+                f"{feature_dim}] to forward or call `set_feature_teachers({target}_model=...)`."
             )
-        patch = getattr(getattr(teacher, "config", None), "patch_size", None)
-        patch = patch[0] if isinstance(patch, (tuple, list)) else patch
-        images = pixel_values.float() * 0.5 + 0.5
-        if patch is not None and images.shape[-1] != grid_size * patch:
-            size = grid_size * patch
-            images = F.interpolate(images, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
-        mean = torch.tensor(self.config.teacher_image_mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.config.teacher_image_std, device=images.device).view(1, -1, 1, 1)
-        images = (images - mean) / std
-        first_param = next(teacher.parameters(), None) if isinstance(teacher, nn.Module) else None
-        if first_param is not None:
-            images = images.to(first_param.device, first_param.dtype)
-        kwargs = {}
-        forward = getattr(teacher, "forward", teacher)
-        if "interpolate_pos_encoding" in inspect.signature(forward).parameters:
-            kwargs["interpolate_pos_encoding"] = True
-        with torch.no_grad():
-            output = teacher(pixel_values=images, **kwargs)
-        hidden = output if isinstance(output, torch.Tensor) else output.last_hidden_state
-        if hidden.ndim != 3 or hidden.shape[1] < grid_size**2:
-            raise ValueError(
-                f"the {target} teacher must return hidden states [batch, >= {grid_size**2}, dim], got "
-                f"{tuple(hidden.shape)}."
-            )
-        return hidden[:, -(grid_size**2) :].to(pixel_values.device)
+        return teacher(pixel_values, grid_size)
 
     def _masked_mean(self, per_patch: torch.Tensor, mask: torch.Tensor | None, target: str) -> torch.Tensor:
         if mask is None or not self.config.aux_loss_on_masked_only:
@@ -648,7 +629,7 @@ class MAETokModel(VisualTokenizerMixin, MAETokPreTrainedModel):
         losses = {}
         batch_size = latents.shape[0]
         for target, given in (("hog", hog_targets), ("dino", dino_targets), ("siglip", siglip_targets)):
-            decoder = getattr(self, f"{target}_decoder")
+            decoder = self.aux_decoders[target]
             if decoder is None:
                 continue
             prediction = decoder(latents).float()
@@ -713,8 +694,13 @@ class MAETokModel(VisualTokenizerMixin, MAETokPreTrainedModel):
                 aux = self.auxiliary_losses(
                     encoded.latents, pixel_values, encoded.mask, hog_targets, dino_targets, siglip_targets
                 )
+                weights = {
+                    "hog": self.config.hog_loss_weight,
+                    "dino": self.config.dino_loss_weight,
+                    "siglip": self.config.siglip_loss_weight,
+                }
                 for target, value in aux.items():
-                    loss = loss + getattr(self.config, f"{target}_loss_weight") * value
+                    loss = loss + weights[target] * value
         output = MAETokModelOutput(
             loss=loss,
             latents=encoded.latents,

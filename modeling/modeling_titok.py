@@ -14,11 +14,12 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 
 from .configuration_titok import TiTokConfig
-from .layers import VisionEncoderLayer, init_common_weights
+from .layers import VisionEncoderLayer, init_common_weights, unpatchify
 from .quantizers import DiagonalGaussianDistribution, VectorQuantizer
 from .tokenizer_utils import (
     TokenizerDecoderOutput,
     TokenizerEncoderOutput,
+    TokenizerLayout,
     VisualTokenizerMixin,
     apply_forward_hook,
 )
@@ -100,18 +101,17 @@ class TiTokDecoderLayer(VisionEncoderLayer):
     pass
 
 
-def _make_layers(config: TiTokConfig, layer_class, prefix: str) -> nn.ModuleList:
-    width = getattr(config, f"{prefix}_hidden_size")
+def _make_layers(config: TiTokConfig, layer_class, width: int, num_heads: int, num_layers: int) -> nn.ModuleList:
     return nn.ModuleList(
         layer_class(
             config,
             hidden_size=width,
-            num_heads=getattr(config, f"{prefix}_num_attention_heads"),
+            num_heads=num_heads,
             intermediate_size=int(width * config.mlp_ratio),
             hidden_act=config.hidden_act,
             layer_norm_eps=config.layer_norm_eps,
         )
-        for _ in range(getattr(config, f"{prefix}_num_hidden_layers"))
+        for _ in range(num_layers)
     )
 
 
@@ -123,7 +123,13 @@ class TiTokEncoder(nn.Module):
         out_dim = config.token_size * (2 if config.quantize_mode == "vae" else 1)
         self.embeddings = TiTokEncoderEmbeddings(config)
         self.pre_layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.layers = _make_layers(config, TiTokEncoderLayer, "encoder")
+        self.layers = _make_layers(
+            config,
+            TiTokEncoderLayer,
+            config.encoder_hidden_size,
+            config.encoder_num_attention_heads,
+            config.encoder_num_hidden_layers,
+        )
         self.post_layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.projection = nn.Linear(width, out_dim)
 
@@ -162,15 +168,12 @@ class TiTokPixelHead(nn.Module):
     def __init__(self, config: TiTokConfig):
         super().__init__()
         self.patch_size = config.decoder_patch_size
-        self.num_channels = config.num_channels
         self.projection = nn.Linear(config.decoder_hidden_size, self.patch_size**2 * config.num_channels)
         self.conv_out = nn.Conv2d(config.num_channels, config.num_channels, 3, padding=1)
 
     def forward(self, hidden_states: torch.Tensor, grid_size: int) -> torch.Tensor:
         """[B, grid**2, W] -> [B, C, grid * p, grid * p]."""
-        batch_size, p, c = hidden_states.shape[0], self.patch_size, self.num_channels
-        patches = self.projection(hidden_states).view(batch_size, grid_size, grid_size, p, p, c)
-        pixels = patches.permute(0, 5, 1, 3, 2, 4).reshape(batch_size, c, grid_size * p, grid_size * p)
+        pixels = unpatchify(self.projection(hidden_states), self.patch_size, grid_size, grid_size)
         return self.conv_out(pixels)
 
 
@@ -182,7 +185,13 @@ class TiTokDecoder(nn.Module):
         self.grid_size = config.image_size // config.decoder_patch_size
         self.embeddings = TiTokDecoderEmbeddings(config)
         self.pre_layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
-        self.layers = _make_layers(config, TiTokDecoderLayer, "decoder")
+        self.layers = _make_layers(
+            config,
+            TiTokDecoderLayer,
+            config.decoder_hidden_size,
+            config.decoder_num_attention_heads,
+            config.decoder_num_hidden_layers,
+        )
         self.post_layernorm = nn.LayerNorm(width, eps=config.layer_norm_eps)
         self.head = TiTokProxyHead(config) if config.is_legacy else TiTokPixelHead(config)
 
@@ -348,8 +357,17 @@ class TiTokModel(VisualTokenizerMixin, TiTokPreTrainedModel):
         self.pixel_decoder_slice_size = slice_size
 
     @property
-    def vocab_size(self) -> int | None:
-        return self.config.codebook_size if self.config.quantize_mode == "vq" else None
+    def layout(self) -> TokenizerLayout:
+        config = self.config
+        return TokenizerLayout(
+            inputs=("image",),
+            tokens="1d",
+            num_channels=config.num_channels,
+            image_size=(config.image_size, config.image_size),
+            num_tokens=config.num_latent_tokens,
+            vocab_size=config.codebook_size if config.quantize_mode == "vq" else None,
+            latent_dim=config.token_size,
+        )
 
     def _encode(
         self, pixel_values: torch.Tensor, sample_posterior: bool | None = None, generator=None

@@ -7,6 +7,7 @@ tokenizers, ``tokens_to_latents``.
 """
 
 import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -86,14 +87,101 @@ class TokenizerModelOutput(ModelOutput):
     quantization_loss: torch.FloatTensor | None = None
 
 
+@dataclass(frozen=True)
+class TokenizerLayout:
+    r"""
+    What a tokenizer takes and produces; each model declares it once (`VisualTokenizerMixin.layout`), and every
+    input check and error message is derived from it.
+
+    Args:
+        inputs (`tuple[str, ...]`): `"image"` (pixel values `[B, C, H, W]`) and/or `"video"` (`[B, T, C, H, W]`,
+            transformers' video layout).
+        tokens (`str`): `"1d"` (ids `[B, N]`, latents `[B, N, D]`) or `"grid"` (ids `[B, h, w]` for an image,
+            `[B, t, h, w]` for a video).
+        num_channels (`int`): channels of the pixel values.
+        image_size (`tuple[int, int]`, *optional*): the (height, width) every input must have; `None` when the model
+            accepts other sizes (it then checks them in `validate_input_size`).
+        num_tokens (`int`, *optional*): 1D tokens per item that `decode` requires; `None` when any count from 1 to
+            `max_tokens` is accepted (variable-length tokenizers).
+        max_tokens (`int`, *optional*): the most 1D tokens per item (defaults to `num_tokens`).
+        vocab_size (`int`, *optional*): number of token ids; `None` for continuous tokenizers.
+        latent_dim (`int`, *optional*): last dimension of the latents `decode` takes.
+    """
+
+    inputs: tuple = ("image",)
+    tokens: str = "1d"
+    num_channels: int = 3
+    image_size: tuple | None = None
+    num_tokens: int | None = None
+    max_tokens: int | None = None
+    vocab_size: int | None = None
+    latent_dim: int | None = None
+
+    def __post_init__(self):
+        if not self.inputs or set(self.inputs) - {"image", "video"}:
+            raise ValueError(f"inputs must be 'image' and/or 'video', got {self.inputs}.")
+        if self.tokens not in ("1d", "grid"):
+            raise ValueError(f"tokens must be '1d' or 'grid', got {self.tokens!r}.")
+
+    @property
+    def item(self) -> str:
+        """What one batch item is, for messages: "image", "video" or "image or video"."""
+        return " or ".join(self.inputs)
+
+    @property
+    def pixel_shapes(self) -> str:
+        shapes = {"image": "[batch, channels, height, width]", "video": "[batch, frames, channels, height, width]"}
+        return " or ".join(shapes[name] for name in self.inputs)
+
+    @property
+    def token_ndims(self) -> dict[int, str]:
+        """Accepted token ranks -> their layout."""
+        if self.tokens == "1d":
+            return {2: "[batch, num_tokens]"}
+        ndims = {}
+        if "image" in self.inputs:
+            ndims[3] = "[batch, height, width]"
+        if "video" in self.inputs:
+            ndims[4] = "[batch, frames, height, width]"
+        return ndims
+
+
+def _bad_items(values: torch.Tensor) -> list[int]:
+    return (~torch.isfinite(values)).flatten(1).any(1).nonzero().flatten().tolist()
+
+
+def check_finite(values: torch.Tensor, name: str) -> None:
+    """Raises a ValueError naming the batch items of `values` that hold NaN or inf (one reduction when all are
+    finite)."""
+    if values.is_meta or not values.is_floating_point():
+        return
+    if not bool(torch.isfinite(values).all()):
+        items = _bad_items(values)
+        found = sorted({kind for kind, bad in (("NaN", values.isnan()), ("inf", values.isinf())) if bool(bad.any())})
+        raise ValueError(
+            f"{name} holds non-finite values ({' and '.join(found)}) in batch item(s) {items}; every value must be "
+            "finite (check the image loading and preprocessing)."
+        )
+
+
+def _check_batch(values: torch.Tensor, name: str) -> None:
+    if values.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch (shape {tuple(values.shape)}); pass at least one item.")
+
+
 class VisualTokenizerMixin:
     """``encode``/``decode``/``forward`` with input validation, shared by all vistok tokenizers.
 
-    Subclasses implement:
+    Subclasses declare ``layout`` (a `TokenizerLayout`) and implement:
       * ``_encode(pixel_values, **kwargs) -> TokenizerEncoderOutput``
       * ``_decode(latents, **kwargs) -> TokenizerDecoderOutput`` (latents as in ``TokenizerEncoderOutput.latents``)
-      * ``tokens_to_latents(tokens) -> latents`` for discrete tokenizers (``config.codebook_size`` set)
-    and may override ``expected_image_size`` / ``num_tokens`` / ``validate_tokens``.
+      * ``tokens_to_latents(tokens) -> latents`` for discrete tokenizers (``layout.vocab_size`` set)
+    and may override ``validate_input_size`` (models that accept more than one input size).
+
+    Every entry point rejects what would give a silent wrong result with a ValueError naming the tensor, the items
+    and expected vs got: non-tensors, wrong dtypes or ranks, empty batches, wrong channels/sizes/token counts, token
+    ids out of range, and NaN/inf pixels or latents. Integer ids of any integer dtype are accepted (cast to int64);
+    boolean tensors are refused.
     """
 
     #: weight of the quantizer loss added to the reconstruction loss in ``forward``
@@ -103,21 +191,28 @@ class VisualTokenizerMixin:
     accepts_loss_kwargs = False
 
     @property
-    def expected_image_size(self) -> tuple[int, int] | None:
-        size = getattr(self.config, "image_size", None)
-        if size is None:
-            return None
-        return (size, size) if isinstance(size, int) else tuple(size)
+    def layout(self) -> TokenizerLayout:
+        raise NotImplementedError(f"{type(self).__name__} must declare its `layout` (a TokenizerLayout).")
 
     @property
     def num_tokens(self) -> int | None:
-        return getattr(self.config, "num_latent_tokens", None)
+        return self.layout.num_tokens
 
     @property
     def vocab_size(self) -> int | None:
-        return getattr(self.config, "codebook_size", None)
+        return self.layout.vocab_size
+
+    def validate_input_size(self, height: int, width: int) -> None:
+        """Checks one input's spatial size against `layout.image_size`; override to accept more sizes."""
+        expected = self.layout.image_size
+        if expected is not None and (height, width) != tuple(expected):
+            raise ValueError(
+                f"pixel_values must be {expected[0]}x{expected[1]} (height x width), got {height}x{width}; resize "
+                "and crop with the model's image processor."
+            )
 
     def validate_pixel_values(self, pixel_values) -> None:
+        layout = self.layout
         if not isinstance(pixel_values, torch.Tensor):
             raise ValueError(f"pixel_values must be a torch.Tensor, got {type(pixel_values).__name__}.")
         if not pixel_values.is_floating_point():
@@ -125,68 +220,95 @@ class VisualTokenizerMixin:
                 f"pixel_values must be a floating point tensor, got dtype {pixel_values.dtype}; use the image "
                 "processor (or `.float()` and scale to the model's input range) first."
             )
-        if pixel_values.ndim != 4:
+        ranks = {4: "image", 5: "video"}
+        if ranks.get(pixel_values.ndim) not in layout.inputs:
+            raise ValueError(f"pixel_values must have shape {layout.pixel_shapes}, got {tuple(pixel_values.shape)}.")
+        _check_batch(pixel_values, "pixel_values")
+        channels = pixel_values.shape[-3]
+        if channels != layout.num_channels:
             raise ValueError(
-                f"pixel_values must have shape [batch, channels, height, width], got {tuple(pixel_values.shape)}."
+                f"pixel_values must have {layout.num_channels} channels (dimension {pixel_values.ndim - 3}), got "
+                f"{channels} (shape {tuple(pixel_values.shape)}); channels-last input must be permuted first."
             )
-        channels = getattr(self.config, "num_channels", 3)
-        if pixel_values.shape[1] != channels:
-            raise ValueError(
-                f"pixel_values must have {channels} channels in dimension 1, got {pixel_values.shape[1]} "
-                f"(shape {tuple(pixel_values.shape)}); channels-last input must be permuted first."
-            )
-        expected = self.expected_image_size
-        if expected is not None and tuple(pixel_values.shape[-2:]) != expected:
-            raise ValueError(
-                f"pixel_values must be {expected[0]}x{expected[1]} images, got {pixel_values.shape[-2]}x"
-                f"{pixel_values.shape[-1]}; resize and crop with the model's image processor."
-            )
+        self.validate_input_size(pixel_values.shape[-2], pixel_values.shape[-1])
+        check_finite(pixel_values, "pixel_values")
 
-    def validate_tokens(self, tokens: torch.Tensor) -> None:
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must have shape [batch, num_tokens], got {tuple(tokens.shape)}.")
-        expected = self.num_tokens
-        if expected is not None and tokens.shape[1] != expected:
-            raise ValueError(f"expected {expected} tokens per image, got {tokens.shape[1]} (shape {tuple(tokens.shape)}).")
-        vocab = self.vocab_size
-        if tokens.numel() and (int(tokens.min()) < 0 or (vocab is not None and int(tokens.max()) >= vocab)):
-            raise ValueError(
-                f"token ids must be in [0, {vocab}), got values in [{int(tokens.min())}, {int(tokens.max())}]."
-            )
+    def validate_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Checks token ids and returns them as int64."""
+        layout = self.layout
+        if tokens.dtype == torch.bool or tokens.is_floating_point() or tokens.is_complex():
+            raise ValueError(f"token ids must be an integer tensor, got dtype {tokens.dtype}.")
+        if tokens.ndim not in layout.token_ndims:
+            shapes = " or ".join(layout.token_ndims.values())
+            raise ValueError(f"tokens must have shape {shapes}, got {tuple(tokens.shape)}.")
+        _check_batch(tokens, "tokens")
+        if layout.tokens == "1d":
+            self._check_token_count(tokens.shape[1], "tokens", tuple(tokens.shape))
+        vocab = layout.vocab_size
+        if not tokens.is_meta:
+            low, high = int(tokens.min()), int(tokens.max())
+            if low < 0 or (vocab is not None and high >= vocab):
+                raise ValueError(f"token ids must be in [0, {vocab}), got values in [{low}, {high}].")
+        return tokens.long()
+
+    def _check_token_count(self, count: int, name: str, shape: tuple) -> None:
+        layout = self.layout
+        if layout.num_tokens is not None and count != layout.num_tokens:
+            raise ValueError(f"expected {layout.num_tokens} {name} per {layout.item}, got {count} (shape {shape}).")
+        maximum = layout.max_tokens or layout.num_tokens
+        if layout.num_tokens is None and maximum is not None and not 1 <= count <= maximum:
+            raise ValueError(f"{type(self).__name__} takes 1 to {maximum} {name} per {layout.item} (any prefix), "
+                             f"got {count} (shape {shape}).")
 
     def validate_latents(self, latents: torch.Tensor) -> None:
-        if latents.ndim != 3:
-            raise ValueError(f"latents must have shape [batch, num_tokens, latent_dim], got {tuple(latents.shape)}.")
-        expected = self.num_tokens
-        if expected is not None and latents.shape[1] != expected:
-            raise ValueError(f"expected {expected} latent tokens, got {latents.shape[1]} (shape {tuple(latents.shape)}).")
+        layout = self.layout
+        if layout.tokens == "1d":
+            if latents.ndim != 3:
+                raise ValueError(
+                    f"latents must have shape [batch, num_tokens, latent_dim], got {tuple(latents.shape)}."
+                )
+            self._check_token_count(latents.shape[1], "latent tokens", tuple(latents.shape))
+            if layout.latent_dim is not None and latents.shape[-1] != layout.latent_dim:
+                raise ValueError(
+                    f"latents must have {layout.latent_dim} channels in their last dimension, got "
+                    f"{latents.shape[-1]} (shape {tuple(latents.shape)})."
+                )
+        _check_batch(latents, "latents")
+        check_finite(latents, "latents")
 
     @apply_forward_hook
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True, **kwargs):
-        """Encodes images [B, C, H, W] (in the range the image processor produces) into tokens/latents."""
+        """Encodes images [B, C, H, W] or videos [B, T, C, H, W] (in the range the processor produces) into
+        tokens/latents (see `layout`)."""
         self.validate_pixel_values(pixel_values)
         output = self._encode(pixel_values, **kwargs)
         return output if return_dict else output.to_tuple()
 
-    @apply_forward_hook
-    def decode(self, tokens_or_latents: torch.Tensor, return_dict: bool = True, **kwargs):
-        """Decodes token ids (LongTensor [B, N], looked up in the codebook) or latents (FloatTensor [B, N, D], used
-        as they are) into images [B, C, H, W]."""
+    def _to_latents(self, tokens_or_latents) -> torch.Tensor:
         if not isinstance(tokens_or_latents, torch.Tensor):
             raise ValueError(f"decode expects a torch.Tensor, got {type(tokens_or_latents).__name__}.")
         if tokens_or_latents.is_floating_point():
             self.validate_latents(tokens_or_latents)
-            latents = tokens_or_latents
-        else:
-            if self.vocab_size is None:
-                raise ValueError(
-                    f"{type(self).__name__} is a continuous tokenizer: decode takes float latents, got integer "
-                    f"tensor of dtype {tokens_or_latents.dtype}."
-                )
-            self.validate_tokens(tokens_or_latents)
-            latents = self.tokens_to_latents(tokens_or_latents)
-        output = self._decode(latents, **kwargs)
+            return tokens_or_latents
+        if self.vocab_size is None:
+            raise ValueError(
+                f"{type(self).__name__} is a continuous tokenizer: decode takes float latents, got a tensor of dtype "
+                f"{tokens_or_latents.dtype}."
+            )
+        return self.tokens_to_latents(self.validate_tokens(tokens_or_latents))
+
+    @apply_forward_hook
+    def decode(self, tokens_or_latents: torch.Tensor, return_dict: bool = True, **kwargs):
+        """Decodes token ids (an integer tensor, looked up in the codebook) or latents (a float tensor, used as they
+        are) into pixel values in the input layout."""
+        output = self._decode(self._to_latents(tokens_or_latents), **kwargs)
         return output if return_dict else output.to_tuple()
+
+    @property
+    def decode_parameters(self) -> set[str]:
+        """Keyword arguments that `decode` passes on to the decoder (e.g. `generator`, `num_steps`)."""
+        parameters = inspect.signature(self._decode).parameters
+        return {name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
 
     def tokens_to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no codebook.")

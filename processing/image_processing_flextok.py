@@ -5,10 +5,10 @@
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_utils import PILImageResampling
 
-from .image_processing_tokenizer import TokenizerPostprocessMixin, _SignedRangeDefaults
+from .image_processing_common import SignedRangeDefaults, TokenizerPostprocessMixin
 
 
-class _FlexTokDefaults(_SignedRangeDefaults):
+class _FlexTokDefaults(SignedRangeDefaults):
     # `transforms.Resize(256)` in the original: bilinear
     resample = PILImageResampling.BILINEAR
 

@@ -11,10 +11,10 @@ import numpy as np
 from PIL import Image
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 
-from .image_processing_tokenizer import TokenizerPostprocessMixin, _SignedRangeDefaults
+from .image_processing_common import SignedRangeDefaults, TokenizerPostprocessMixin
 
 
-class MAETokImageProcessor(TokenizerPostprocessMixin, _SignedRangeDefaults, TorchvisionBackend):
+class MAETokImageProcessor(TokenizerPostprocessMixin, SignedRangeDefaults, TorchvisionBackend):
     r"""MAETok preprocessing (torchvision backend): RGB, antialiased bicubic resize of the shorter side to 256
     (512 for maetok-b-128-512), center crop, scale to [0, 1] and normalise with mean = std = 0.5 to **[-1, 1]**.
     `pixel_values`: [B, 3, 256, 256]. `postprocess(reconstruction)` maps [-1, 1] back to images."""
@@ -29,7 +29,7 @@ def adm_resize(image: Image.Image, target: int) -> Image.Image:
     return image.resize(tuple(round(side * scale) for side in image.size), resample=Image.BICUBIC)
 
 
-class MAETokImageProcessorPil(TokenizerPostprocessMixin, _SignedRangeDefaults, PilBackend):
+class MAETokImageProcessorPil(TokenizerPostprocessMixin, SignedRangeDefaults, PilBackend):
     r"""MAETok preprocessing with PIL, identical to the original ADM `center_crop_arr` + `Normalize(0.5, 0.5)`
     pipeline for uint8 / PIL images: BOX halvings, bicubic resize of the shorter side (other side rounded), center
     crop, **[-1, 1]**. Float inputs fall back to a plain bicubic resize of the shorter side."""

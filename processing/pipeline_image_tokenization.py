@@ -1,4 +1,5 @@
-"""The ``image-tokenization`` pipeline: image -> tokens -> reconstructed image.
+"""Pipelines for tokenizers: ``image-tokenization`` (image -> tokens -> reconstructed image) and an
+``image-feature-extraction`` that runs only the encoder of a vistok tokenizer.
 
 transformers 5.x removed ``image-to-image``; this task takes its place for visual tokenizers:
 
@@ -8,9 +9,8 @@ transformers 5.x removed ``image-to-image``; this task takes its place for visua
 ```
 """
 
-from transformers import AutoModel, Pipeline
+from transformers import ImageFeatureExtractionPipeline, Pipeline
 from transformers.image_utils import load_image
-from transformers.pipelines import PIPELINE_REGISTRY
 
 
 class ImageTokenizationPipeline(Pipeline):
@@ -58,9 +58,14 @@ class ImageTokenizationPipeline(Pipeline):
         return result
 
 
-def register_pipelines() -> None:
-    if "image-tokenization" in PIPELINE_REGISTRY.get_supported_tasks():
-        return
-    PIPELINE_REGISTRY.register_pipeline(
-        "image-tokenization", pipeline_class=ImageTokenizationPipeline, pt_model=AutoModel, type="image"
-    )
+class TokenizerFeatureExtractionPipeline(ImageFeatureExtractionPipeline):
+    """transformers' `image-feature-extraction`, running only the encoder of a vistok tokenizer (its `latents`,
+    [N, D] per image) instead of a whole encode-decode pass; other models run as in transformers."""
+
+    def _forward(self, model_inputs):
+        if hasattr(self.model, "encode") and hasattr(self.model, "layout"):
+            return (self.model.encode(model_inputs["pixel_values"]).latents,)
+        return super()._forward(model_inputs)
+
+
+__all__ = ["ImageTokenizationPipeline", "TokenizerFeatureExtractionPipeline"]

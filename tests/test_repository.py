@@ -43,7 +43,7 @@ def test_import_registers_everything_and_is_idempotent():
 
     assert "titok" in CONFIG_MAPPING
     assert "image-tokenization" in PIPELINE_REGISTRY.get_supported_tasks()
-    importlib.reload(vistok.modeling)  # registration uses exist_ok=True
+    vistok.registry.register_all()  # idempotent
     assert AutoModel.from_config(vistok.TiTokConfig.from_variant("titok_s128", encoder_num_hidden_layers=1,
                                                                  decoder_num_hidden_layers=1)).__class__.__name__ == "TiTokModel"
 
@@ -54,3 +54,38 @@ def test_cli_entry_points_are_installed():
         assert out.returncode == 0 and "usage" in out.stdout.lower(), out.stderr
     out = subprocess.run([sys.executable, "-m", "vistok.conversion", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "ARCH" in out.stdout.upper()
+
+
+def _fresh_python(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
+def test_import_is_lazy_and_heavy_dependencies_wait_for_use():
+    heavy = ("torch", "diffusers", "datasets", "av", "transformers.modeling_utils", "vistok.modeling.modeling_titok")
+    check = f"import sys; print(sorted(m for m in {heavy!r} if m in sys.modules))"
+    assert _fresh_python(f"import vistok; {check}") == "[]"
+    # the Auto classes find a vistok model by its model_type; only FlexTok's use brings in diffusers
+    code = (
+        "import sys, vistok; from transformers import AutoConfig, AutoModel; "
+        "config = AutoConfig.for_model('titok', encoder_num_hidden_layers=1, decoder_num_hidden_layers=1); "
+        "print(type(AutoModel.from_config(config)).__name__, 'diffusers' in sys.modules); "
+        "vistok.FlexTokConfig(); print('diffusers' in sys.modules); "
+        "vistok.FlexTokModel(vistok.FlexTokConfig(encoder_num_hidden_layers=1, decoder_num_hidden_layers=2)); "
+        "print('diffusers' in sys.modules)"
+    )
+    assert _fresh_python(code).split() == ["TiTokModel", "False", "False", "True"]
+
+
+def test_registry_names_are_the_model_types():
+    from vistok.registry import PIPELINES, SYSTEMS, exports, resolve
+
+    for system in SYSTEMS:
+        config_class = resolve(system.config)
+        assert config_class.model_type == system.name or system.config.startswith("transformers.")
+        for path in [*system.models.values(), *system.image_processors.values(), *system.converters.values()]:
+            assert resolve(path if ":" in path else f"{path}:convert") is not None
+    for name, path in exports().items():
+        assert getattr(vistok, name) is resolve(path)
+    assert all(resolve(task.pipeline) for task in PIPELINES)

@@ -23,12 +23,12 @@ What the model must do for the shared bad-input checks (``ValueError`` naming wh
   -> ``tokens``; tokens / latents with the wrong number of dimensions -> ``token_layout`` / ``latent_layout``.
 """
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from tester_discovery import collect_testers
 
 
 @dataclass(kw_only=True)
@@ -193,9 +193,5 @@ class TokenizerTester:
 
 
 def all_testers() -> list[TokenizerTester]:
-    testers = []
-    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"{__name__}.{module_info.name}")
-        testers.extend(getattr(module, "TESTERS", []))
-    return testers
+    return collect_testers(__name__, __path__)
 

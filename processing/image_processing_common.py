@@ -1,13 +1,12 @@
-"""Image processors of the vistok tokenizers: resize + center crop into the model's input range, and
-``postprocess(reconstruction)`` back to PIL images / uint8 arrays.
+"""What every vistok tokenizer's image processor shares: the two input ranges and ``postprocess``.
 
 Each tokenizer gets two classes, as in transformers 5.x: a torchvision backend (default) and a PIL backend
-(``backend="pil"``), which reproduces the original code's PIL/``torchvision.transforms`` preprocessing exactly.
+(``backend="pil"``) that reproduces the original code's PIL/``torchvision.transforms`` preprocessing exactly. Both
+combine `TokenizerPostprocessMixin`, one of the range defaults below and the backend.
 """
 
 import torch
 from PIL import Image
-from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_utils import PILImageResampling
 
 
@@ -39,8 +38,9 @@ class TokenizerPostprocessMixin:
         return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
 
 
-class _UnitRangeDefaults:
-    # resize the shorter side, center crop, scale to [0, 1], no normalisation
+class UnitRangeDefaults:
+    """Resize the shorter side, center crop, scale to [0, 1], no normalisation."""
+
     resample = PILImageResampling.BICUBIC
     size = {"shortest_edge": 256}
     crop_size = {"height": 256, "width": 256}
@@ -53,21 +53,20 @@ class _UnitRangeDefaults:
     do_convert_rgb = True
 
 
-class _SignedRangeDefaults(_UnitRangeDefaults):
-    # same, then normalised to [-1, 1]
+class SignedRangeDefaults(UnitRangeDefaults):
+    """The same, then normalised with mean = std = 0.5 to [-1, 1]."""
+
     image_mean = [0.5, 0.5, 0.5]
     image_std = [0.5, 0.5, 0.5]
     do_normalize = True
 
 
-class TiTokImageProcessor(TokenizerPostprocessMixin, _UnitRangeDefaults, TorchvisionBackend):
-    r"""TiTok preprocessing (torchvision backend): RGB, bicubic resize of the shorter side to 256 with antialiasing,
-    center crop 256, scale to **[0, 1]**, no mean/std normalisation. `pixel_values`: [B, 3, 256, 256]."""
+def square_image_processor(processor_class, image_size: int, **kwargs):
+    """A processor that resizes the shorter side to ``image_size`` and center-crops ``image_size`` squared (what the
+    converters save next to a tokenizer released at that size)."""
+    return processor_class(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, **kwargs
+    )
 
 
-class TiTokImageProcessorPil(TokenizerPostprocessMixin, _UnitRangeDefaults, PilBackend):
-    r"""TiTok preprocessing with PIL (identical to the original `torchvision.transforms` pipeline on PIL images):
-    RGB, bicubic resize of the shorter side to 256, center crop 256, scale to **[0, 1]**."""
-
-
-__all__ = ["TiTokImageProcessor", "TiTokImageProcessorPil", "TokenizerPostprocessMixin"]
+__all__ = ["SignedRangeDefaults", "TokenizerPostprocessMixin", "UnitRangeDefaults", "square_image_processor"]
