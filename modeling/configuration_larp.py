@@ -3,6 +3,8 @@
 from huggingface_hub.dataclasses import strict
 from transformers import PreTrainedConfig
 
+from .configuration_utils import VariantConfigMixin
+
 
 # The GPT-style priors the original registry names in `prior_model.name` (all have 64 channels per head).
 LARP_PRIOR_PRESETS = {
@@ -26,14 +28,8 @@ LARP_VARIANTS = {
 }
 
 
-def _variant_fields(table: dict, name: str) -> dict:
-    if name not in table:
-        raise ValueError(f"unknown variant {name!r}; known: {sorted(table)}.")
-    return {key: value for key, value in table[name].items() if key != "hub_id"}
-
-
 @strict
-class LARPConfig(PreTrainedConfig):
+class LARPConfig(VariantConfigMixin, PreTrainedConfig):
     r"""
     Configuration of a LARP video tokenizer (Wang et al., 2025, arXiv:2410.21264): 3D patches and learned holistic
     queries go through one ViT encoder; the query outputs are projected to `bottleneck_dim`, quantized by a stochastic
@@ -69,6 +65,7 @@ class LARPConfig(PreTrainedConfig):
     """
 
     model_type = "larp"
+    variants = LARP_VARIANTS
 
     image_size: int | list[int] = 128
     num_frames: int = 16
@@ -140,13 +137,17 @@ class LARPConfig(PreTrainedConfig):
             )
 
     @classmethod
-    def from_variant(cls, name: str, with_prior: bool = False, **kwargs) -> "LARPConfig":
-        """Config of a released tokenizer from `LARP_VARIANTS` (random weights; convert the release for weights)."""
-        variant = _variant_fields(LARP_VARIANTS, name)
-        prior = LARP_PRIOR_PRESETS[variant.pop("prior")]
-        if with_prior:
-            variant |= {f"prior_{key}": value for key, value in prior.items()}
-        return cls(**(variant | kwargs))
+    def variant_fields(cls, variant: dict) -> dict:
+        """A released tokenizer without its (training-only) prior; add it with `**LARPConfig.prior_fields(name)`."""
+        return {key: value for key, value in variant.items() if key not in ("hub_id", "prior")}
+
+    @staticmethod
+    def prior_fields(preset: str) -> dict:
+        """`prior_*` config fields of a `LARP_PRIOR_PRESETS` prior, e.g. `from_variant("larp_l_long",
+        **LARPConfig.prior_fields("gptc-S"))`."""
+        if preset not in LARP_PRIOR_PRESETS:
+            raise ValueError(f"unknown LARP prior {preset!r}; known: {sorted(LARP_PRIOR_PRESETS)}.")
+        return {f"prior_{key}": value for key, value in LARP_PRIOR_PRESETS[preset].items()}
 
 
 # Released generators: name -> original hub id and config fields.
@@ -164,7 +165,7 @@ LARP_AR_VARIANTS = {
 
 
 @strict
-class LARPARConfig(PreTrainedConfig):
+class LARPARConfig(VariantConfigMixin, PreTrainedConfig):
     r"""
     Configuration of the LARP autoregressive generator (LlamaGen-style decoder with learned absolute positions and no
     RoPE): class-conditional (`frame_prediction=False`) or frame prediction (`frame_prediction=True`, conditioned on
@@ -192,6 +193,7 @@ class LARPARConfig(PreTrainedConfig):
     """
 
     model_type = "larp_ar"
+    variants = LARP_AR_VARIANTS
     keys_to_ignore_at_inference = ["cache"]
 
     vocab_size: int = 8192
@@ -241,11 +243,6 @@ class LARPARConfig(PreTrainedConfig):
         if not self.frame_prediction and self.num_condition_tokens != 1:
             raise ValueError(f"class-conditional models take one class token, got num_condition_tokens="
                              f"{self.num_condition_tokens}.")
-
-    @classmethod
-    def from_variant(cls, name: str, **kwargs) -> "LARPARConfig":
-        """Config of a released generator from `LARP_AR_VARIANTS` (random weights; convert the release for weights)."""
-        return cls(**(_variant_fields(LARP_AR_VARIANTS, name) | kwargs))
 
 
 __all__ = ["LARPARConfig", "LARPConfig", "LARP_AR_VARIANTS", "LARP_PRIOR_PRESETS", "LARP_VARIANTS"]
