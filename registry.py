@@ -89,6 +89,28 @@ SYSTEMS = (
         ),
     ),
     System(
+        "larp",
+        config="modeling.configuration_larp:LARPConfig",
+        models={"AutoModel": "modeling.modeling_larp:LARPModel"},
+        video_processors={"torchvision": "processing.video_processing_larp:LARPVideoProcessor"},
+        converters={"larp": "conversion.convert_larp"},
+        exports=(
+            "modeling.configuration_larp:LARP_VARIANTS",
+            "modeling.configuration_larp:LARP_PRIOR_PRESETS",
+            "modeling.modeling_larp:LARPPreTrainedModel",
+        ),
+    ),
+    System(
+        "larp_ar",
+        config="modeling.configuration_larp:LARPARConfig",
+        models={
+            "AutoModel": "modeling.modeling_larp_ar:LARPARModel",
+            "AutoModelForCausalLM": "modeling.modeling_larp_ar:LARPARForCausalLM",
+        },
+        converters={"larp-ar": "conversion.convert_larp_ar"},
+        exports=("modeling.configuration_larp:LARP_AR_VARIANTS",),
+    ),
+    System(
         "oryx_vit",
         config="modeling.configuration_ola:OryxViTConfig",
         models={"AutoModel": "modeling.modeling_ola:OryxViTModel"},
@@ -148,6 +170,7 @@ SYSTEMS = (
 
 PIPELINES = (
     PipelineTask("image-tokenization", "processing.pipeline_image_tokenization:ImageTokenizationPipeline"),
+    PipelineTask("video-tokenization", "processing.pipeline_video_tokenization:VideoTokenizationPipeline", type="video"),
 )
 
 

@@ -49,3 +49,20 @@ def write_results(result: dict, output: str | None, markdown: str | None, markdo
         if path:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             Path(path).write_text(text())
+
+
+def peak_memory_gb(fn, device: str) -> float:
+    """Peak memory of one ``fn()`` call under no_grad: CUDA peak allocation, or on Linux CPUs the process's peak
+    resident set (VmHWM, reset through ``/proc/self/clear_refs`` just before the call; includes resident weights)."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        Path("/proc/self/clear_refs").write_text("5")
+    with torch.no_grad():
+        fn()
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 1e9
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1e6
+    raise RuntimeError("VmHWM not found in /proc/self/status")

@@ -562,3 +562,16 @@ def resolve_source(source: str | Path) -> Path:
         return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=SOURCE_FILE_PATTERNS))
     except Exception as error:  # offline, missing repo, no access
         raise ConversionError(f"could not download {source} from the Hub: {error}") from error
+
+
+def read_checkpoint_and_config(source: str | Path, config_file: str | Path | None = None) -> tuple[dict, dict]:
+    """(state dict, original config) of a Hub-mixin style SOURCE: a folder with ``config.json`` next to its
+    checkpoint, or a checkpoint file with ``config_file`` (default: the ``config.json`` beside it)."""
+    source = Path(source)
+    checkpoint = find_checkpoint_file(source, preferred=("model.safetensors", "pytorch_model.bin"))
+    if config_file is None:
+        config_file = (source if source.is_dir() else source.parent) / "config.json"
+        if not Path(config_file).is_file():
+            raise ConversionError(f"no config.json next to {checkpoint}; pass the original config with --config.")
+    logger.info("reading %s and %s", checkpoint, config_file)
+    return load_checkpoint(checkpoint), load_config_file(config_file)

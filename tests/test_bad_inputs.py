@@ -92,7 +92,7 @@ def test_layout_describes_the_model(tester, model_and_encoding):
     """The declared layout agrees with what the model does (so checks derived from it are right)."""
     model, encoded = model_and_encoding
     layout = model.layout
-    assert layout.num_channels == tester.input_shape[0]
+    assert layout.num_channels == tester.input_shape[-3]  # (C, H, W) or (T, C, H, W)
     assert layout.latent_dim == encoded.latents.shape[-1]
     assert (layout.vocab_size is not None) == (encoded.tokens is not None)
     if layout.tokens == "1d":
