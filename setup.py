@@ -47,7 +47,7 @@ setup(
         "pillow",
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=8", "av"]},
+    extras_require={"test": ["pytest>=8", "av", "hypothesis>=6"]},
     entry_points={
         "console_scripts": [
             "vistok-convert=vistok.conversion.__main__:main",
