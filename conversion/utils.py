@@ -196,6 +196,11 @@ def save_conversion(
     if dest.exists() and any(dest.iterdir()) and not force:
         raise ConversionError(f"destination {dest} is not empty; pass --force to overwrite it.")
     dest.mkdir(parents=True, exist_ok=True)
+    # weights of an earlier save would otherwise survive next to the new ones (a stale shard index, .bin files)
+    for pattern in ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
+                    "pytorch_model.bin.index.json"):
+        for stale in dest.glob(pattern):
+            stale.unlink()
     model = result.model
     if dtype is not None:
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
