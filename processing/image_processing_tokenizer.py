@@ -39,6 +39,18 @@ class TokenizerPostprocessMixin:
         return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
 
 
+class TorchvisionCenterCropMixin:
+    """``transforms.CenterCrop``'s offsets, ``round((size - crop) / 2)``, where transformers floors them: the two differ
+    by one pixel whenever the margin is odd, and the original TiTok/FlexTok pipelines use ``CenterCrop``."""
+
+    def center_crop(self, image, size, **kwargs):
+        height, width = image.shape[-2:]
+        if size.height is None or size.width is None or size.height > height or size.width > width:
+            return super().center_crop(image, size, **kwargs)
+        top, left = int(round((height - size.height) / 2.0)), int(round((width - size.width) / 2.0))
+        return image[..., top : top + size.height, left : left + size.width]
+
+
 class _UnitRangeDefaults:
     # resize the shorter side, center crop, scale to [0, 1], no normalisation
     resample = PILImageResampling.BICUBIC
@@ -60,14 +72,14 @@ class _SignedRangeDefaults(_UnitRangeDefaults):
     do_normalize = True
 
 
-class TiTokImageProcessor(TokenizerPostprocessMixin, _UnitRangeDefaults, TorchvisionBackend):
+class TiTokImageProcessor(TokenizerPostprocessMixin, TorchvisionCenterCropMixin, _UnitRangeDefaults, TorchvisionBackend):
     r"""TiTok preprocessing (torchvision backend): RGB, bicubic resize of the shorter side to 256 with antialiasing,
     center crop 256, scale to **[0, 1]**, no mean/std normalisation. `pixel_values`: [B, 3, 256, 256]."""
 
 
-class TiTokImageProcessorPil(TokenizerPostprocessMixin, _UnitRangeDefaults, PilBackend):
+class TiTokImageProcessorPil(TokenizerPostprocessMixin, TorchvisionCenterCropMixin, _UnitRangeDefaults, PilBackend):
     r"""TiTok preprocessing with PIL (identical to the original `torchvision.transforms` pipeline on PIL images):
     RGB, bicubic resize of the shorter side to 256, center crop 256, scale to **[0, 1]**."""
 
 
-__all__ = ["TiTokImageProcessor", "TiTokImageProcessorPil", "TokenizerPostprocessMixin"]
+__all__ = ["TiTokImageProcessor", "TiTokImageProcessorPil", "TokenizerPostprocessMixin", "TorchvisionCenterCropMixin"]
