@@ -49,7 +49,7 @@ setup(
         "sentencepiece",  # InternLM2.5-based InternVL2.5 releases ship a sentencepiece tokenizer.model
         "protobuf",
     ],
-    extras_require={"test": ["pytest>=8", "av"], "video": ["av"]},
+    extras_require={"test": ["pytest>=8", "av", "hypothesis>=6"], "video": ["av"]},
     entry_points={
         "console_scripts": [
             "vistok-convert=vistok.conversion.__main__:main",

@@ -80,12 +80,14 @@ def reconstruction_loss(model, batch: dict) -> float:
     """Loss of `model` (switched to eval mode) on one fixed batch."""
     model.eval()
     device = next(model.parameters()).device
+    torch.manual_seed(0)  # stochastic decoders (FlexTok) draw the same noise for every measurement
     return model(**{k: v.to(device) for k, v in batch.items()}).loss.item()
 
 
 @torch.no_grad()
 def reconstruct(model, pixel_values: torch.Tensor) -> torch.Tensor:
     model.eval()
+    torch.manual_seed(0)  # stochastic decoders (FlexTok) draw the same noise for every reconstruction
     return model(pixel_values.to(next(model.parameters()).device)).reconstruction.float().cpu()
 
 

@@ -44,6 +44,18 @@ class TokenizerPostprocessMixin:
         return [Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a) for a in array]
 
 
+class TorchvisionCenterCropMixin:
+    """``transforms.CenterCrop``'s offsets, ``round((size - crop) / 2)``, where transformers floors them: the two differ
+    by one pixel whenever the margin is odd, and the original TiTok/FlexTok pipelines use ``CenterCrop``."""
+
+    def center_crop(self, image, size, **kwargs):
+        height, width = image.shape[-2:]
+        if size.height is None or size.width is None or size.height > height or size.width > width:
+            return super().center_crop(image, size, **kwargs)
+        top, left = int(round((height - size.height) / 2.0)), int(round((width - size.width) / 2.0))
+        return image[..., top : top + size.height, left : left + size.width]
+
+
 class UnitRangeDefaults:
     """Resize the shorter side, center crop, scale to [0, 1], no normalisation."""
 
@@ -75,4 +87,10 @@ def square_image_processor(processor_class, image_size: int, **kwargs):
     )
 
 
-__all__ = ["SignedRangeDefaults", "TokenizerPostprocessMixin", "UnitRangeDefaults", "square_image_processor"]
+__all__ = [
+    "SignedRangeDefaults",
+    "TokenizerPostprocessMixin",
+    "TorchvisionCenterCropMixin",
+    "UnitRangeDefaults",
+    "square_image_processor",
+]

@@ -5,7 +5,7 @@
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_utils import PILImageResampling
 
-from .image_processing_common import SignedRangeDefaults, TokenizerPostprocessMixin
+from .image_processing_common import SignedRangeDefaults, TokenizerPostprocessMixin, TorchvisionCenterCropMixin
 
 
 class _FlexTokDefaults(SignedRangeDefaults):
@@ -13,12 +13,16 @@ class _FlexTokDefaults(SignedRangeDefaults):
     resample = PILImageResampling.BILINEAR
 
 
-class FlexTokImageProcessor(TokenizerPostprocessMixin, _FlexTokDefaults, TorchvisionBackend):
+class FlexTokImageProcessor(
+    TokenizerPostprocessMixin, TorchvisionCenterCropMixin, _FlexTokDefaults, TorchvisionBackend
+):
     r"""FlexTok preprocessing (torchvision backend): RGB, bilinear antialiased resize of the shorter side to 256,
     center crop 256, scale to [0, 1], normalise with mean = std = 0.5 -> `pixel_values` [B, 3, 256, 256] in [-1, 1]."""
 
 
-class FlexTokImageProcessorPil(TokenizerPostprocessMixin, _FlexTokDefaults, PilBackend):
+class FlexTokImageProcessorPil(
+    TokenizerPostprocessMixin, TorchvisionCenterCropMixin, _FlexTokDefaults, PilBackend
+):
     r"""FlexTok preprocessing with PIL (identical to the original `Resize(256)`, `CenterCrop(256)`, `ToTensor()`,
     `Normalize(0.5, 0.5)` pipeline on PIL images): `pixel_values` in [-1, 1]."""
 

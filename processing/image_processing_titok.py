@@ -2,15 +2,19 @@
 
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 
-from .image_processing_common import TokenizerPostprocessMixin, UnitRangeDefaults
+from .image_processing_common import TokenizerPostprocessMixin, TorchvisionCenterCropMixin, UnitRangeDefaults
 
 
-class TiTokImageProcessor(TokenizerPostprocessMixin, UnitRangeDefaults, TorchvisionBackend):
+class TiTokImageProcessor(
+    TokenizerPostprocessMixin, TorchvisionCenterCropMixin, UnitRangeDefaults, TorchvisionBackend
+):
     r"""TiTok preprocessing (torchvision backend): RGB, bicubic resize of the shorter side to 256 with antialiasing,
     center crop 256, scale to **[0, 1]**, no mean/std normalisation. `pixel_values`: [B, 3, 256, 256]."""
 
 
-class TiTokImageProcessorPil(TokenizerPostprocessMixin, UnitRangeDefaults, PilBackend):
+class TiTokImageProcessorPil(
+    TokenizerPostprocessMixin, TorchvisionCenterCropMixin, UnitRangeDefaults, PilBackend
+):
     r"""TiTok preprocessing with PIL (identical to the original `torchvision.transforms` pipeline on PIL images):
     RGB, bicubic resize of the shorter side to 256, center crop 256, scale to **[0, 1]**."""
 

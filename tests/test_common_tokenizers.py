@@ -1,6 +1,7 @@
 """Shared checks run over every tiny tokenizer configuration in ``tests/testers``."""
 
 import io
+import json
 import re
 
 import numpy as np
@@ -90,8 +91,10 @@ def test_encode_decode_contract(tester):
     with torch.no_grad():
         forward = model(pixel_values, labels=pixel_values, **tester.make_decode_kwargs(2))
     torch.testing.assert_close(forward.reconstruction, outputs["reconstruction"], atol=1e-5, rtol=1e-5)
+    # eval mode: no quantizer loss, the loss is exactly the reconstruction MSE
     expected_loss = torch.nn.functional.mse_loss(forward.reconstruction, pixel_values)
-    assert forward.loss is not None and forward.loss >= expected_loss - 1e-6
+    assert forward.quantization_loss is None
+    torch.testing.assert_close(forward.loss, expected_loss)
 
 
 def test_save_load_round_trip(tester, tmp_path):
@@ -332,7 +335,9 @@ def test_bad_inputs_raise_clear_errors(tester):
         with pytest.raises(ValueError, match="token ids must be in"):
             model.decode(tokens, **kwargs)
         too_many = torch.cat([encoded.tokens, encoded.tokens[:, :1]], dim=1)
-        with pytest.raises(ValueError, match="tokens"):
+        n = encoded.tokens.shape[1]
+        # fixed-length tokenizers name the count; variable-length ones (FlexTok) the accepted range
+        with pytest.raises(ValueError, match=rf"expected {n} tokens per image, got {n + 1}|1 to {n} tokens"):
             model.decode(too_many, **kwargs)
         with pytest.raises(ValueError, match=r"\[batch, num_tokens\]"):
             model.decode(encoded.tokens[0], **kwargs)
@@ -448,5 +453,6 @@ def test_config_serialisation_is_stable(tester, tmp_path):
     config.save_pretrained(tmp_path)
     reloaded = tester.config_class.from_pretrained(tmp_path)
     assert reloaded.to_diff_dict() == config.to_diff_dict()
-    buffer = io.StringIO(config.to_json_string())
-    assert buffer.getvalue()
+    from_json = tester.config_class.from_dict(json.loads(io.StringIO(config.to_json_string()).getvalue()))
+    assert from_json.to_diff_dict() == config.to_diff_dict()
+    assert json.loads(config.to_json_string())["model_type"] == tester.config_class.model_type

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import PARITY_ROOT
+from conftest import parity_case_dir, parity_cases
 from PIL import Image
 from safetensors.torch import load_file
 from testers.flextok import TINY_FLEXTOK, flextok_decode_kwargs
@@ -22,9 +22,8 @@ from vistok.modeling.modeling_flextok import _flextok_sincos_table, register_att
 
 
 ATOL = RTOL = 1e-4
-_FLEXTOK_PARITY = PARITY_ROOT / "flextok"
 # every case shipped with the fixtures (the further cases CI holds included)
-CASES = sorted(p.name for p in _FLEXTOK_PARITY.iterdir() if p.is_dir()) if _FLEXTOK_PARITY.is_dir() else ["tiny"]
+CASES = parity_cases("flextok")
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +33,7 @@ def converted(parity_root, tmp_path_factory):
 
     def get(case):
         if case not in results:
+            parity_case_dir(parity_root, "flextok", case)
             dest = tmp_path_factory.mktemp("flextok") / case
             assert convert_main(["flextok", str(parity_root / "flextok" / case / "original"), str(dest)]) == 0
             results[case] = dest

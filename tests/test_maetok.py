@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoModel
 
 import vistok  # noqa: F401
+from conftest import parity_case_dir, parity_cases
 from vistok import MAETokConfig, MAETokImageProcessor, MAETokImageProcessorPil, MAETokModel
 from vistok.conversion.__main__ import main as convert_main
 from vistok.conversion.convert_maetok import convert as convert_maetok
@@ -50,23 +51,30 @@ def pixels(batch_size: int = 2, size: int = 32, seed: int = 0) -> torch.Tensor:
 # ----- parity with the original code -----
 
 
+CASES = parity_cases("maetok")
+AUX_KEYS = {"hog": "aux_hog", "dino": "aux_dino", "siglip": "aux_clip"}
+
+
 def _convert_case(parity_root, case, tmp_path):
-    case_dir = parity_root / "maetok" / case
+    case_dir = parity_case_dir(parity_root, "maetok", case)
     dest = tmp_path / case
-    args = ["maetok", str(case_dir / "original"), str(dest), "--preset-overrides", str(case_dir / "presets.json")]
+    args = ["maetok", str(case_dir / "original"), str(dest)]
+    if (case_dir / "presets.json").is_file():
+        args += ["--preset-overrides", str(case_dir / "presets.json")]
     assert convert_main(args) == 0
     model, info = AutoModel.from_pretrained(dest, output_loading_info=True)
     assert not any(info.values()), info
     return model.eval(), AutoImageProcessor.from_pretrained(dest), load_file(str(case_dir / "io.safetensors")), dest
 
 
-@pytest.mark.parametrize("case", ["ae", "maskae_aux"])
+@pytest.mark.parametrize("case", CASES)
 def test_parity_with_original(parity_root, tmp_path, case):
     model, processor, io, _ = _convert_case(parity_root, case, tmp_path)
     meta = json.loads((parity_root / "maetok" / case / "meta.json").read_text())["config"]
     assert isinstance(model, MAETokModel) and isinstance(processor, MAETokImageProcessor)
     assert processor.crop_size["height"] == meta["image_size"] and list(processor.image_mean) == [0.5, 0.5, 0.5]
     assert (model.config.vq_mean, model.config.vq_std) == (meta["vq_mean"], meta["vq_std"])
+    assert (model.config.patch_size, model.config.decoder_patch_size) == (meta["enc_patch_size"], meta["dec_patch_size"])
     assert getattr(model.config, "codebook_size", None) is None
     with torch.no_grad():
         encoded = model.encode(io["pixel_values"])
@@ -74,29 +82,43 @@ def test_parity_with_original(parity_root, tmp_path, case):
         torch.testing.assert_close(encoded.encoder_output, io["encoder_output"], **TOL)
         torch.testing.assert_close(encoded.latents, io["latents"], **TOL)
         torch.testing.assert_close(encoded.normalized_latents, io["latents_normalized"], **TOL)
+        # the normalisation written out: (z - vq_mean) / vq_std with the original config's values
+        torch.testing.assert_close((io["latents"] - meta["vq_mean"]) / meta["vq_std"], io["latents_normalized"], **TOL)
         torch.testing.assert_close(model.normalize_latents(io["latents"]), io["latents_normalized"], **TOL)
         torch.testing.assert_close(model.decode(io["latents"]).reconstruction, io["reconstruction"], **TOL)
         # a diffusion sample lives in the normalised space
         from_normalized = model.decode(io["latents_normalized"], denormalize=True).reconstruction
         torch.testing.assert_close(from_normalized, io["reconstruction"], **TOL)
         torch.testing.assert_close(model(io["pixel_values"]).reconstruction, io["reconstruction"], **TOL)
-        if case == "maskae_aux":
-            for target, key in (("hog", "aux_hog"), ("dino", "aux_dino"), ("siglip", "aux_clip")):
+        for target, key in AUX_KEYS.items():
+            if key in io:
                 torch.testing.assert_close(model.decode_features(io["latents"], target), io[key], **TOL)
     aux = (model.config.use_hog_decoder, model.config.use_dino_decoder, model.config.use_siglip_decoder)
-    assert aux == ((True,) * 3 if case == "maskae_aux" else (False,) * 3)
-    if case == "maskae_aux":
-        assert model.config.aux_loss_on_masked_only and model.config.aux_use_class_token
-        assert (model.config.dino_feature_dim, model.config.siglip_feature_dim) == (40, 24)
+    assert aux == tuple(key in io for key in AUX_KEYS.values())
+    if "aux_dino" in io:
+        assert (model.config.dino_feature_dim, model.config.siglip_feature_dim) == (
+            io["aux_dino"].shape[-1], io["aux_clip"].shape[-1])
         # no teacher or HOG buffer survives the conversion
         assert not any(k.startswith(("repa_model", "clip_model", "projection", "hog.")) for k in model.state_dict())
+        assert model.config.aux_use_class_token == meta["aux_dec_cls_token"]
+
+
+def _case(parity_root, with_aux: bool):
+    """The first case with (or without) auxiliary decoders, whatever the case names are."""
+    for case in CASES:
+        case_dir = parity_case_dir(parity_root, "maetok", case)
+        if ("aux_hog" in load_file(str(case_dir / "io.safetensors"))) == with_aux:
+            return case_dir
+    pytest.fail(f"no MAETok parity case {'with' if with_aux else 'without'} auxiliary decoders")
 
 
 def test_conversion_is_strict(parity_root, tmp_path):
-    case_dir = parity_root / "maetok" / "ae"
+    case_dir = _case(parity_root, with_aux=False)
     presets = str(case_dir / "presets.json")
+    encoder_preset = json.loads((case_dir / "meta.json").read_text())["config"]["encoder_model"].split(".")[0]
+    width = json.loads((case_dir / "meta.json").read_text())["tiny_registry_overrides"][encoder_preset]["embed_dim"]
     # the tiny timm names are not released presets: without overrides the head count is unknown
-    with pytest.raises(ConversionError, match="vit_base_patch14_dinov2"):
+    with pytest.raises(ConversionError, match=encoder_preset):
         convert_maetok(case_dir / "original")
     # a single checkpoint file + --config, with an unknown extra tensor
     state = load_file(str(case_dir / "original" / "model.safetensors"))
@@ -112,8 +134,8 @@ def test_conversion_is_strict(parity_root, tmp_path):
     with pytest.raises(ConversionError, match="--config"):
         convert_maetok(tmp_path / "missing.safetensors", presets_file=presets)
     # a wrong head count in the preset is caught through the preset / weight check
-    (tmp_path / "bad.json").write_text(json.dumps({"vit_base_patch14_dinov2": {"hidden_size": 64}}))
-    with pytest.raises(ConversionError, match="hidden_size=48"):
+    (tmp_path / "bad.json").write_text(json.dumps({encoder_preset: {"hidden_size": width + 16}}))
+    with pytest.raises(ConversionError, match=f"hidden_size={width}"):
         convert_maetok(case_dir / "original", presets_file=tmp_path / "bad.json")
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -123,7 +145,7 @@ def test_conversion_is_strict(parity_root, tmp_path):
 
 def test_conversion_of_a_training_checkpoint_without_aux_keeps_mask_settings(parity_root, tmp_path):
     """A `.pt` training checkpoint (weights under "ema") is unwrapped; no mask token -> masking disabled."""
-    case_dir = parity_root / "maetok" / "ae"
+    case_dir = _case(parity_root, with_aux=False)
     state = load_file(str(case_dir / "original" / "model.safetensors"))
     state.pop("encoder.mask_token")
     torch.save({"ema": state, "steps": torch.tensor(3)}, tmp_path / "ckpt.pt")
@@ -136,7 +158,7 @@ def test_conversion_of_a_training_checkpoint_without_aux_keeps_mask_settings(par
 
 
 def test_conversion_keeps_only_the_auxiliary_decoders_present(parity_root, tmp_path):
-    case_dir = parity_root / "maetok" / "maskae_aux"
+    case_dir = _case(parity_root, with_aux=True)
     state = load_file(str(case_dir / "original" / "model.safetensors"))
     removed = ("decoder_dino", "post_quant_conv_dino", "to_pixel_dino", "decoder_clip", "post_quant_conv_clip",
                "to_pixel_clip")

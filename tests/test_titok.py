@@ -12,11 +12,13 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoImageProcessor, AutoModel
 
 import vistok
+from conftest import parity_case_dir, parity_cases
 from vistok.conversion.__main__ import main as convert_main
 from vistok.modeling.configuration_titok import TITOK_VARIANTS, TiTokConfig
 
 
-CASES = ["vq_legacy_pixeldec", "vq_direct", "vae", "tatitok_vq"]
+# every case folder shipped with the fixtures (CI holds further ones)
+CASES = parity_cases("titok")
 ATOL = RTOL = 1e-4
 
 
@@ -65,28 +67,41 @@ def _check_case(case_dir, dest):
 
 @pytest.mark.parametrize("case", CASES)
 def test_parity_hub_layout(parity_root, case, tmp_path):
-    case_dir = parity_root / "titok" / case
+    case_dir = parity_case_dir(parity_root, "titok", case)
     _convert(case_dir, tmp_path / "converted")
     _check_case(case_dir, tmp_path / "converted")
 
 
-@pytest.mark.parametrize("case", ["vq_legacy_pixeldec", "tatitok_vq"])
+@pytest.mark.parametrize("case", CASES)
 def test_parity_bin_yaml_layout(parity_root, case, tmp_path):
     """The `torch.save(state_dict)` `.bin` + inference yaml layout (demo_util / fun-research repos)."""
-    case_dir = parity_root / "titok" / case
+    case_dir = parity_case_dir(parity_root, "titok", case)
+    if not (case_dir / "original" / "config.yaml").is_file():
+        pytest.skip(f"{case} ships no inference yaml")
     state = load_file(case_dir / "original" / "model.safetensors")
     source = tmp_path / "release"
     source.mkdir()
     torch.save(state, source / "tokenizer.bin")
     args = ["titok", str(source / "tokenizer.bin"), str(tmp_path / "converted"),
-            "--config", str(case_dir / "original" / "config.yaml"),
-            "--preset-overrides", str(case_dir / "presets.json")]
+            "--config", str(case_dir / "original" / "config.yaml")]
+    if (case_dir / "presets.json").is_file():
+        args += ["--preset-overrides", str(case_dir / "presets.json")]
     assert convert_main(args) == 0
     _check_case(case_dir, tmp_path / "converted")
 
 
+def _vq_case(parity_root):
+    """The first VQ case without the two-stage pixel decoder (name-independent)."""
+    for case in CASES:
+        case_dir = parity_case_dir(parity_root, "titok", case)
+        io = load_file(case_dir / "io.safetensors")
+        if "codes" in io and "proxy_logits" not in io:
+            return case_dir
+    pytest.fail("no single-stage VQ TiTok parity case found")
+
+
 def test_converted_bfloat16_keeps_codebook_fp32(parity_root, tmp_path):
-    case_dir = parity_root / "titok" / "vq_direct"
+    case_dir = _vq_case(parity_root)
     _convert(case_dir, tmp_path / "bf16", "--dtype", "bfloat16")
     model = AutoModel.from_pretrained(tmp_path / "bf16")
     assert model.encoder.layers[0].self_attn.q_proj.weight.dtype == torch.bfloat16
@@ -95,9 +110,10 @@ def test_converted_bfloat16_keeps_codebook_fp32(parity_root, tmp_path):
 
 @pytest.fixture
 def release_copy(parity_root, tmp_path):
+    case_dir = _vq_case(parity_root)
     source = tmp_path / "release"
-    shutil.copytree(parity_root / "titok" / "vq_direct" / "original", source)
-    return source, parity_root / "titok" / "vq_direct" / "presets.json"
+    shutil.copytree(case_dir / "original", source)
+    return source, case_dir / "presets.json"
 
 
 def _run_cli(capsys, *args):
@@ -128,7 +144,8 @@ def test_conversion_rejects_missing_and_extra_tensors(release_copy, tmp_path, ca
 def test_conversion_rejects_unknown_preset_corrupt_file_and_non_empty_dest(release_copy, tmp_path, capsys):
     source, presets = release_copy
     code, err = _run_cli(capsys, "titok", source, tmp_path / "a")
-    assert code == 2 and "unknown preset 'tiny_b'" in err and "--preset-overrides" in err
+    preset = json.loads((source / "config.json").read_text())["model"]["vq_model"]["vit_enc_model_size"]
+    assert code == 2 and f"unknown preset '{preset}'" in err and "--preset-overrides" in err
 
     dest = tmp_path / "dest"
     dest.mkdir()
@@ -161,7 +178,8 @@ def test_conversion_rejects_executable_pickles(tmp_path, capsys):
 def test_preset_overrides_must_match_weights(release_copy, tmp_path, capsys):
     source, presets = release_copy
     overrides = json.loads(presets.read_text())
-    overrides["tiny_b"]["hidden_size"] = 999
+    preset = json.loads((source / "config.json").read_text())["model"]["vq_model"]["vit_enc_model_size"]
+    overrides[preset]["hidden_size"] = 999
     bad = tmp_path / "presets.json"
     bad.write_text(json.dumps(overrides))
     code, err = _run_cli(capsys, "titok", source, tmp_path / "out", "--preset-overrides", bad)

@@ -40,4 +40,12 @@ TESTERS = [
         config_kwargs=TINY_FLEXTOK, input_shape=(3, 32, 32), input_range=(-1.0, 1.0), num_tokens=8,
         make_decode_kwargs=flextok_decode_kwargs,
     ),
+    # 40 px -> 10x10 VAE latents -> an odd 5x5 grid of 2x2 patches; odd FSQ levels
+    TokenizerTester(
+        name="flextok-odd",
+        config_class=FlexTokConfig, model_class=FlexTokModel, image_processor_class=FlexTokImageProcessor,
+        config_kwargs=TINY_FLEXTOK | dict(image_size=40, vae_config=TINY_VAE | {"sample_size": 40}, fsq_levels=[7, 5, 3],
+                                          num_latent_tokens=4),
+        input_shape=(3, 40, 40), input_range=(-1.0, 1.0), num_tokens=4, make_decode_kwargs=flextok_decode_kwargs,
+    ),
 ]

@@ -27,4 +27,12 @@ TESTERS = [
         ),
         input_shape=(3, 32, 32), input_range=(-1.0, 1.0), num_tokens=8, discrete=False,
     ),
+    # odd encoder grid (40 / 8 = 5) and a pixel decoder with a smaller patch than the encoder (40 / 4 = 10)
+    TokenizerTester(
+        name="maetok-odd-unequal-patch",
+        config_class=MAETokConfig, model_class=MAETokModel, image_processor_class=MAETokImageProcessor,
+        config_kwargs=_BASE | dict(image_size=40, patch_size=8, decoder_patch_size=4, num_latent_tokens=7, latent_dim=12,
+                                   decoder_hidden_size=24, decoder_num_attention_heads=2, vq_mean=-0.2, vq_std=1.5),
+        input_shape=(3, 40, 40), input_range=(-1.0, 1.0), num_tokens=7, discrete=False,
+    ),
 ]

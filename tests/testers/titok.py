@@ -44,4 +44,13 @@ TESTERS = [
             "text_guidance": torch.randn(batch_size, 5, 16, generator=torch.Generator().manual_seed(7))
         },
     ),
+    # odd sizes everywhere: 40 px -> 5x5 grid, 7 tokens of 5 channels, 3 heads
+    TokenizerTester(
+        name="titok-vq-odd",
+        config_class=TiTokConfig, model_class=TiTokModel, image_processor_class=TiTokImageProcessor,
+        config_kwargs=_BASE | dict(image_size=40, num_latent_tokens=7, token_size=5, codebook_size=37,
+                                   encoder_hidden_size=48, encoder_num_attention_heads=3, commitment_cost=0.4,
+                                   use_l2_norm=False, is_legacy=False, use_pixel_decoder=False),
+        input_shape=(3, 40, 40), num_tokens=7,
+    ),
 ]
