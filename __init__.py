@@ -12,14 +12,19 @@ from .modeling import (
     FlexTokModel,
     FlexTokPreTrainedModel,
 )
+from .modeling import Emu3VisionTokenizer
 from .modeling import MAETOK_VARIANTS, MAETokConfig, MAETokModel, MAETokPreTrainedModel
 from .modeling import TITOK_VARIANTS, TiTokConfig, TiTokModel, TiTokPreTrainedModel
 from .processing import FlexTokImageProcessor, FlexTokImageProcessorPil
+from .processing import Emu3VisionTokenizerImageProcessor, Emu3VisionTokenizerImageProcessorPil
 from .processing import MAETokImageProcessor, MAETokImageProcessorPil
 from .processing import ImageTokenizationPipeline, TiTokImageProcessor, TiTokImageProcessorPil
 
 
 __all__ = [
+    "Emu3VisionTokenizer",
+    "Emu3VisionTokenizerImageProcessor",
+    "Emu3VisionTokenizerImageProcessorPil",
     "FLEXTOK_VAE_VARIANTS",
     "FLEXTOK_VARIANTS",
     "FlexTokConfig",

@@ -13,6 +13,7 @@ CONVERTERS = {
     "titok": "convert_titok",
     "flextok": "convert_flextok",
     "maetok": "convert_maetok",
+    "emu3-vq": "convert_emu3_vq",
 }
 
 

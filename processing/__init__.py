@@ -1,8 +1,10 @@
 """vistok processors and pipelines; importing this module registers them with transformers."""
 
-from transformers import AutoImageProcessor
+from transformers import AutoImageProcessor, AutoVideoProcessor, Emu3VQVAEConfig
+from transformers.utils import is_torchvision_available
 
 from ..modeling import FlexTokConfig, MAETokConfig, TiTokConfig
+from .image_processing_emu3 import Emu3VisionTokenizerImageProcessor, Emu3VisionTokenizerImageProcessorPil
 from .image_processing_flextok import FlexTokImageProcessor, FlexTokImageProcessorPil
 from .image_processing_maetok import MAETokImageProcessor, MAETokImageProcessorPil
 from .image_processing_tokenizer import TiTokImageProcessor, TiTokImageProcessorPil
@@ -15,14 +17,20 @@ def register() -> None:
         (TiTokConfig, TiTokImageProcessor, TiTokImageProcessorPil),
         (FlexTokConfig, FlexTokImageProcessor, FlexTokImageProcessorPil),
         (MAETokConfig, MAETokImageProcessor, MAETokImageProcessorPil),
+        (Emu3VQVAEConfig, Emu3VisionTokenizerImageProcessor, Emu3VisionTokenizerImageProcessorPil),
     ):
         AutoImageProcessor.register(
             config_class, image_processor_classes={"torchvision": torchvision_class, "pil": pil_class}, exist_ok=True
         )
+    if is_torchvision_available():
+        from .video_processing_emu3 import Emu3VideoProcessor
+
+        AutoVideoProcessor.register(Emu3VQVAEConfig, Emu3VideoProcessor, exist_ok=True)
     register_pipelines()
 
 
 register()
 
-__all__ = ["FlexTokImageProcessor", "FlexTokImageProcessorPil", "ImageTokenizationPipeline", "MAETokImageProcessor",
-           "MAETokImageProcessorPil", "TiTokImageProcessor", "TiTokImageProcessorPil"]
+__all__ = ["Emu3VisionTokenizerImageProcessor", "Emu3VisionTokenizerImageProcessorPil", "FlexTokImageProcessor",
+           "FlexTokImageProcessorPil", "ImageTokenizationPipeline", "MAETokImageProcessor", "MAETokImageProcessorPil",
+           "TiTokImageProcessor", "TiTokImageProcessorPil"]
