@@ -85,6 +85,15 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
         self.quantize = quantizer
         self.gradient_checkpointing = False
 
+    @classmethod
+    def from_vqvae(cls, vqvae: Emu3VQVAE) -> "Emu3VisionTokenizer":
+        """Wraps the weights of a transformers `Emu3VQVAE` (e.g. `Emu3ForConditionalGeneration.model.vqmodel`, to
+        decode generated codes) without copying them."""
+        with torch.device("meta"):
+            tokenizer = cls(vqvae.config)
+        tokenizer.load_state_dict(vqvae.state_dict(), assign=True, strict=True)
+        return tokenizer.eval()
+
     # ---------------------------------------------------------------- layouts and validation
     @property
     def spatial_factor(self) -> int:
