@@ -13,12 +13,19 @@ from .modeling import (
     FlexTokPreTrainedModel,
 )
 from .modeling import Emu3VisionTokenizer
+from .modeling import LARP_VARIANTS, LARPConfig, LARPModel, LARPPreTrainedModel
 from .modeling import MAETOK_VARIANTS, MAETokConfig, MAETokModel, MAETokPreTrainedModel
 from .modeling import TITOK_VARIANTS, TiTokConfig, TiTokModel, TiTokPreTrainedModel
 from .processing import FlexTokImageProcessor, FlexTokImageProcessorPil
 from .processing import Emu3VisionTokenizerImageProcessor, Emu3VisionTokenizerImageProcessorPil
 from .processing import MAETokImageProcessor, MAETokImageProcessorPil
 from .processing import ImageTokenizationPipeline, TiTokImageProcessor, TiTokImageProcessorPil
+from .processing import VideoTokenizationPipeline
+from .processing import __all__ as _processing_names
+
+
+if "LARPVideoProcessor" in _processing_names:
+    from .processing import Emu3VideoProcessor, LARPVideoProcessor
 
 
 __all__ = [
@@ -32,6 +39,10 @@ __all__ = [
     "FlexTokImageProcessorPil",
     "FlexTokModel",
     "FlexTokPreTrainedModel",
+    "LARP_VARIANTS",
+    "LARPConfig",
+    "LARPModel",
+    "LARPPreTrainedModel",
     "MAETOK_VARIANTS",
     "MAETokConfig",
     "MAETokImageProcessor",
@@ -45,4 +56,7 @@ __all__ = [
     "TiTokImageProcessorPil",
     "TiTokModel",
     "TiTokPreTrainedModel",
+    "VideoTokenizationPipeline",
 ]
+if "LARPVideoProcessor" in _processing_names:
+    __all__.append("LARPVideoProcessor")

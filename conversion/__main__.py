@@ -14,6 +14,7 @@ CONVERTERS = {
     "flextok": "convert_flextok",
     "maetok": "convert_maetok",
     "emu3-vq": "convert_emu3_vq",
+    "larp": "convert_larp",
 }
 
 

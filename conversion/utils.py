@@ -234,3 +234,30 @@ def verify_saved_model(dest: Path, model_class: type) -> None:
     problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
     if problems:
         raise ConversionError(f"the written model does not reload cleanly: {problems}")
+
+
+def count_layers(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
+    """Number of numbered blocks ``<prefix><i>.*`` in ``state_dict``; they must be numbered 0..n-1."""
+    indices = {int(key[len(prefix):].split(".")[0]) for key in state_dict if key.startswith(prefix)}
+    if not indices or sorted(indices) != list(range(len(indices))):
+        raise ConversionError(f"layers under {prefix!r} are missing or not numbered 0..n-1: {sorted(indices)}")
+    return len(indices)
+
+
+def require_tensor(state_dict: dict[str, torch.Tensor], key: str, what: str) -> torch.Tensor:
+    """``state_dict[key]``, or a ``ConversionError`` saying the checkpoint is not a ``what`` checkpoint."""
+    if key not in state_dict:
+        raise ConversionError(f"the checkpoint has no tensor {key!r}; is it a {what} checkpoint?")
+    return state_dict[key]
+
+
+def split_fused_qkv(renamed: dict[str, torch.Tensor], fused: str = ".qkv.") -> dict[str, torch.Tensor]:
+    """Splits every fused ``...<fused>weight|bias`` tensor (rows q, k, v) into ``q_proj``/``k_proj``/``v_proj``."""
+    converted = {}
+    for key, tensor in renamed.items():
+        if fused in key:
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), tensor.chunk(3, dim=0)):
+                converted[key.replace(fused, f".{name}.")] = part
+        else:
+            converted[key] = tensor
+    return converted

@@ -13,7 +13,8 @@ module subclasses it without changing a single weight name, so a converted check
   with the same codes and pixels;
 * batches of images of different sizes (a list, or a padded batch with `image_sizes` as `Emu3ImageProcessor` makes
   it): each image is encoded at its own size, so padding never changes its codes;
-* the codebook lookup and argmin run in float32 (`_keep_in_fp32_modules_strict`), so bf16 weights keep the codes.
+* loading with `dtype=torch.bfloat16` keeps the encoder, `quant_conv`, the codebook and `post_quant_conv` in float32
+  (`_keep_in_fp32_modules_strict`), so the codes do not depend on the dtype; the decoder runs in bfloat16.
 
 Clips whose frame count T is not a multiple of the temporal factor (4): the original's causal strided temporal
 convolutions never read the last `T % 4` frames (latent frame i depends on frames `< 4 (i + 1)` only), so its codes
@@ -30,6 +31,7 @@ from transformers.utils import logging
 from .tokenizer_utils import (
     TokenizerDecoderOutput,
     TokenizerEncoderOutput,
+    TokenizerModelOutput,
     VisualTokenizerMixin,
     apply_forward_hook,
 )
@@ -39,15 +41,20 @@ logger = logging.get_logger(__name__)
 
 
 class Emu3VisionTokenizerQuantizer(Emu3VQVAEVectorQuantizer):
-    """transformers' nearest-neighbour quantizer with the codebook lookup reachable through `forward`, so accelerate's
-    offload hooks load the codebook for both directions. Same parameters (`embedding.weight`)."""
+    """transformers' nearest-neighbour quantizer, reading the codebook only through calls of `embedding`, so that
+    accelerate's offload hooks (attached to that leaf) load it in both directions. Same parameters
+    (`embedding.weight`), same distances as the original (`|z|^2 + |e|^2 - 2 z.e`, argmin)."""
 
     def forward(self, hidden_state: torch.Tensor | None = None, codes: torch.LongTensor | None = None):
-        """`hidden_state` [B, t, D, h, w] -> codes [B, t, h, w] (argmin in the codebook's dtype, float32 by default);
+        """`hidden_state` [B, t, D, h, w] -> codes [B, t, h, w] (in the codebook's dtype, float32 by default);
         or `codes` [...] -> codebook vectors [..., D]."""
         if codes is not None:
             return self.embedding(codes)
-        return super().forward(hidden_state.to(self.embedding.weight.dtype))
+        codebook = self.embedding(torch.arange(self.embedding.num_embeddings, device=hidden_state.device))
+        batch_size, frames, channels, height, width = hidden_state.shape
+        flat = hidden_state.to(codebook.dtype).permute(0, 1, 3, 4, 2).reshape(-1, channels)
+        distances = flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * flat @ codebook.t()
+        return distances.argmin(dim=1).view(batch_size, frames, height, width)
 
 
 class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
@@ -75,8 +82,13 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
 
     input_modalities = ("image", "video")
     supports_gradient_checkpointing = True
-    _keep_in_fp32_modules_strict = ["quantize"]
+    # codes must not depend on the load dtype (datasets of tokens, AR training): everything up to the argmin stays
+    # float32 under `from_pretrained(dtype=torch.bfloat16)`; `.to(torch.bfloat16)` still casts it all for speed
+    _keep_in_fp32_modules_strict = ["encoder", "quant_conv", "quantize", "post_quant_conv"]
     _no_split_modules = Emu3VQVAE._no_split_modules + ["Emu3VisionTokenizerQuantizer"]
+
+    #: keep the released BatchNorm3d running statistics in `train()` (see `train`)
+    freeze_batch_norm_statistics = True
 
     def __init__(self, config: Emu3VQVAEConfig):
         super().__init__(config)
@@ -84,6 +96,16 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
         quantizer.embedding.weight = self.quantize.embedding.weight
         self.quantize = quantizer
         self.gradient_checkpointing = False
+
+    def train(self, mode: bool = True):
+        """Training mode everywhere except the temporal BatchNorm3d layers when `freeze_batch_norm_statistics`: their
+        running statistics belong to the release and are not saved by adapters (LoRA), so fine-tuning keeps them."""
+        super().train(mode)
+        if self.freeze_batch_norm_statistics:
+            for module in self.modules():
+                if isinstance(module, nn.BatchNorm3d):
+                    module.eval()
+        return self
 
     @classmethod
     def from_vqvae(cls, vqvae: Emu3VQVAE) -> "Emu3VisionTokenizer":
@@ -179,12 +201,13 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
                 Images/videos; a list holds images of different sizes.
             image_sizes (`torch.LongTensor` of shape `(batch_size, 2)`, *optional*):
                 (height, width) of each image of a bottom/right-padded batch (`Emu3ImageProcessor(do_pad=True)`);
-                each image is cropped out and encoded at its own size, and the outputs are lists.
+                when they differ from the batch size, each image is cropped out and encoded at its own size, and
+                the outputs are lists.
             chunk_frames (`bool`, *optional*, defaults to `False`):
                 Videos: encode every chunk of 4 frames as its own clip, as the official `autoencode.py` does, instead
                 of the whole clip at once (causal temporal layers then see earlier chunks).
         """
-        if isinstance(pixel_values, (list, tuple)) or image_sizes is not None:
+        if self._is_ragged(pixel_values, image_sizes):
             images = self._split_images(pixel_values, image_sizes)
             output = self._encode_ragged(images, **kwargs)
         else:
@@ -207,6 +230,28 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
         else:
             output = VisualTokenizerMixin.decode.__wrapped__(self, tokens_or_latents, **kwargs)
         return output if return_dict else output.to_tuple()
+
+    def forward(self, pixel_values, labels=None, return_dict: bool = True, image_sizes=None, **decode_kwargs):
+        """`decode(encode(pixel_values))` (+ MSE loss with `labels`); `image_sizes` as in `encode` (outputs are then
+        lists, and `labels` is not supported)."""
+        if not self._is_ragged(pixel_values, image_sizes):
+            return super().forward(pixel_values, labels=labels, return_dict=return_dict, **decode_kwargs)
+        if labels is not None:
+            raise ValueError("labels are not supported for images of different sizes; pass one size per call.")
+        encoded = self._encode_ragged(self._split_images(pixel_values, image_sizes))
+        decoded = self.decode(encoded.tokens, **decode_kwargs)
+        output = TokenizerModelOutput(latents=encoded.latents, reconstruction=decoded.reconstruction, tokens=encoded.tokens)
+        return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _is_ragged(pixel_values, image_sizes) -> bool:
+        """A list of images, or a padded batch whose `image_sizes` are not all the full size."""
+        if isinstance(pixel_values, (list, tuple)):
+            return True
+        if image_sizes is None:
+            return False
+        full = list(pixel_values.shape[-2:]) if isinstance(pixel_values, torch.Tensor) else None
+        return any(list(size) != full for size in torch.as_tensor(image_sizes).tolist())
 
     def _split_images(self, pixel_values, image_sizes) -> list[torch.Tensor]:
         if image_sizes is None:
@@ -274,7 +319,7 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
         return self.quant_conv(hidden_states)
 
     def _encode(self, pixel_values: torch.Tensor, chunk_frames: bool = False) -> TokenizerEncoderOutput:
-        pixel_values = pixel_values.to(self.dtype)
+        pixel_values = pixel_values.to(self.encoder.conv_in.weight.dtype)
         factor = self.temporal_factor
         if pixel_values.ndim == 4:
             # an image is a clip of `factor` identical frames: encode the frame once, repeat its features
@@ -312,7 +357,7 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
         """post_quant_conv, then the decoder's temporal layers on the latents and on the raw codebook vectors (the
         SpatialNorm condition) together: [B, D, t, h, w] -> two [B, C, 4t, h, w]."""
         post_quant = self.post_quant_conv(quant)
-        hidden_states = torch.cat((post_quant, quant), dim=0)
+        hidden_states = torch.cat((post_quant, quant), dim=0).to(self.decoder.conv_in.weight.dtype)
         for layer in self.decoder.time_res_stack:
             hidden_states = layer(hidden_states)
         for layer in self.decoder.time_conv:

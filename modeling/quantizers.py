@@ -64,6 +64,11 @@ class VectorQuantizer(nn.Module):
             flat.pow(2).sum(dim=1, keepdim=True) + codebook.pow(2).sum(dim=1) - 2 * torch.matmul(flat, codebook.t())
         )
         indices = distances.argmin(dim=1).view(z.shape[:-1])
+        return self.quantizer_output(z, indices, codebook)
+
+    def quantizer_output(self, z: torch.Tensor, indices: torch.Tensor, codebook: torch.Tensor) -> QuantizerOutput:
+        """Looks ``indices`` up in ``codebook``; in training adds the commitment + codebook loss and passes gradients
+        straight through to ``z`` (the float32, possibly normalised, quantizer input)."""
         quantized = F.embedding(indices, codebook)
         loss = None
         if self.training:

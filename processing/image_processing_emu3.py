@@ -55,9 +55,23 @@ def pixel_budget(size: dict, min_pixels: int | None = None, max_pixels: int | No
     return size
 
 
+def smart_or_fixed_size(height: int, width: int, size: SizeDict, factor: int) -> tuple[int, int]:
+    """`size = {"height", "width"}`: that fixed size (multiples of `factor`); else the smart resize within
+    `size = {"min_pixels", "max_pixels"}`."""
+    if size.height and size.width:
+        if size.height % factor or size.width % factor:
+            raise ValueError(f"a fixed size must be a multiple of the spatial factor {factor}, got "
+                             f"{size.height}x{size.width}.")
+        return size.height, size.width
+    if not size.min_pixels or not size.max_pixels:
+        raise ValueError(f"size must hold 'min_pixels' and 'max_pixels' (smart resize) or 'height' and 'width', got "
+                         f"{dict(size)}.")
+    return emu3_smart_resize(height, width, factor, size.min_pixels, size.max_pixels)
+
+
 class Emu3SmartResizeMixin(TokenizerPostprocessMixin):
-    """Smart resize (`size = {"min_pixels", "max_pixels"}`, `spatial_factor`), padding of mixed-size batches and
-    `image_sizes`, shared by both backends."""
+    """Smart resize (`size = {"min_pixels", "max_pixels"}`, `spatial_factor`) or a fixed `size = {"height",
+    "width"}`, padding of mixed-size batches and `image_sizes`, shared by both backends."""
 
     resample = PILImageResampling.BICUBIC
     size = {"min_pixels": 512 * 512, "max_pixels": 1024 * 1024}
@@ -71,7 +85,7 @@ class Emu3SmartResizeMixin(TokenizerPostprocessMixin):
 
     def target_size(self, height: int, width: int, size: SizeDict | None = None) -> tuple[int, int]:
         size = size if size is not None else SizeDict(**self.size)
-        return emu3_smart_resize(height, width, self.spatial_factor, size.min_pixels, size.max_pixels)
+        return smart_or_fixed_size(height, width, size, self.spatial_factor)
 
     def resize(self, image, size: SizeDict, resample=None, **kwargs):
         height, width = get_image_size(image, channel_dim=ChannelDimension.FIRST)
@@ -104,5 +118,5 @@ class Emu3VisionTokenizerImageProcessorPil(Emu3SmartResizeMixin, _SignedRangeDef
 
 __all__ = [
     "Emu3SmartResizeMixin", "Emu3VisionTokenizerImageProcessor", "Emu3VisionTokenizerImageProcessorPil",
-    "emu3_smart_resize", "pixel_budget",
+    "emu3_smart_resize", "pixel_budget", "smart_or_fixed_size",
 ]

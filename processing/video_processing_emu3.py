@@ -13,14 +13,15 @@ from transformers.image_utils import PILImageResampling, SizeDict
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata, default_sample_indices_fn, load_video
 
-from .image_processing_emu3 import emu3_smart_resize, pixel_budget
+from .image_processing_emu3 import pixel_budget, smart_or_fixed_size
 
 
 class Emu3VideoProcessor(BaseVideoProcessor):
     r"""
     Emu3 video preprocessing: decode with PyAV (file paths/URLs), optionally sample frames (`do_sample_frames=True`
     with `num_frames` or `fps`; the count is rounded down to a multiple of `temporal_factor`, at least one group),
-    smart resize to multiples of `spatial_factor` within `[min_pixels, max_pixels]` (bicubic), rescale 1/255 and
+    smart resize to multiples of `spatial_factor` within `[min_pixels, max_pixels]` (bicubic; or a fixed
+    `size={"height", "width"}`), rescale 1/255 and
     normalise with mean = std = 0.5 to **[-1, 1]**. Returns `pixel_values_videos` [B, T, 3, H, W].
     """
 
@@ -60,12 +61,12 @@ class Emu3VideoProcessor(BaseVideoProcessor):
 
     def resize(self, video: torch.Tensor, size: SizeDict, resample=None, **kwargs) -> torch.Tensor:
         height, width = video.shape[-2:]
-        target = emu3_smart_resize(height, width, self.spatial_factor, size.min_pixels, size.max_pixels)
+        target = smart_or_fixed_size(height, width, size, self.spatial_factor)
         return super().resize(video, SizeDict(height=target[0], width=target[1]), resample=resample, **kwargs)
 
-    def postprocess(self, reconstruction, output_type: str = "np"):
-        """Reconstructed clips [B, T, 3, H, W] in [-1, 1] -> a list of uint8 arrays [T, H, W, 3] (`"np"`), of lists of
-        PIL images (`"pil"`), or float tensors [B, T, 3, H, W] in [0, 1] (`"pt"`)."""
+    def postprocess(self, reconstruction, output_type: str = "pil"):
+        """Reconstructed clips [B, T, 3, H, W] in [-1, 1] -> per clip a list of PIL frames (`"pil"`), a uint8 array
+        [B, T, H, W, 3] (`"np"`) or float tensors [B, T, 3, H, W] in [0, 1] (`"pt"`)."""
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
         videos = torch.as_tensor(reconstruction).detach().float().cpu()
@@ -79,12 +80,12 @@ class Emu3VideoProcessor(BaseVideoProcessor):
         videos = ((videos * std + mean) if self.do_normalize else videos).clamp(0.0, 1.0)
         if output_type == "pt":
             return videos
-        arrays = [(video * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).numpy() for video in videos]
+        array = (videos * 255.0).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
         if output_type == "np":
-            return arrays
+            return array
         from PIL import Image
 
-        return [[Image.fromarray(frame) for frame in array] for array in arrays]
+        return [[Image.fromarray(frame) for frame in clip] for clip in array]
 
 
 __all__ = ["Emu3VideoProcessor"]

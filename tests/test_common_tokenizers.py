@@ -1,6 +1,7 @@
 """Shared checks run over every tiny tokenizer configuration in ``tests/testers``."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -14,6 +15,16 @@ from testers import all_testers
 
 TESTERS = all_testers()
 IDS = [t.name for t in TESTERS]
+
+
+def over(predicate):
+    """Parametrises a test over the testers where ``predicate(tester)`` holds."""
+    chosen = [t for t in TESTERS if predicate(t)]
+    return pytest.mark.parametrize("tester", chosen, ids=[t.name for t in chosen])
+
+
+over_images = over(lambda t: t.is_image)
+over_videos = over(lambda t: t.is_video)
 
 
 def run_tokenizer(model, tester, pixel_values) -> dict:
@@ -40,7 +51,7 @@ def assert_outputs_close(actual: dict, expected: dict, atol: float = 0.0):
 def _saved(tester, tmp_path, **overrides):
     model = tester.make_model(**overrides)
     model.save_pretrained(tmp_path)
-    tester.make_image_processor().save_pretrained(tmp_path)
+    tester.make_processor().save_pretrained(tmp_path)
     return model
 
 
@@ -54,11 +65,19 @@ def test_encode_decode_contract(tester):
     pixel_values = tester.make_pixel_values(2)
     outputs = run_tokenizer(model, tester, pixel_values)
     assert outputs["reconstruction"].shape == pixel_values.shape
-    assert outputs["latents"].ndim == 3 and outputs["latents"].shape[0] == 2
+    assert outputs["latents"].shape[0] == 2
+    if tester.latent_shape is not None:
+        assert outputs["latents"].shape[1:] == tester.latent_shape
+    else:
+        assert outputs["latents"].ndim == 3
     if tester.num_tokens is not None:
         assert outputs["latents"].shape[1] == tester.num_tokens
     if tester.discrete:
-        assert outputs["tokens"].dtype == torch.long and outputs["tokens"].shape == outputs["latents"].shape[:2]
+        assert outputs["tokens"].dtype == torch.long
+        if tester.token_shape is not None:
+            assert outputs["tokens"].shape == (2, *tester.token_shape)
+        else:
+            assert outputs["tokens"].shape == outputs["latents"].shape[:2]
         # decoding ids and decoding the quantized latents give the same images
         with torch.no_grad():
             from_latents = model.decode(outputs["latents"], **tester.make_decode_kwargs(2)).reconstruction
@@ -89,16 +108,19 @@ def test_auto_classes(tester, tmp_path):
     config = AutoConfig.from_pretrained(tmp_path)
     assert type(config) is tester.config_class
     assert type(AutoModel.from_config(config)) is tester.model_class
-    processor = AutoImageProcessor.from_pretrained(tmp_path)
-    assert type(processor) is tester.image_processor_class
-    pil_processor = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
-    assert type(pil_processor).__name__ == tester.image_processor_class.__name__ + "Pil"
+    processor = tester.auto_processor_class.from_pretrained(tmp_path)
+    assert type(processor) is tester.processor_class
+    assert processor.to_dict() == tester.make_processor().to_dict()
+    if tester.is_image:
+        pil_processor = AutoImageProcessor.from_pretrained(tmp_path, backend="pil")
+        assert type(pil_processor).__name__ == tester.image_processor_class.__name__ + "Pil"
     saved, reloaded = model.config.to_diff_dict(), config.to_diff_dict()
     for volatile in ("_name_or_path", "dtype", "transformers_version"):
         saved.pop(volatile, None), reloaded.pop(volatile, None)
     assert saved == reloaded
 
 
+@over_images
 def test_image_processor(tester):
     processor = tester.make_image_processor()
     _, height, width = tester.input_shape
@@ -113,6 +135,33 @@ def test_image_processor(tester):
     restored = processor.postprocess(values, output_type="np")[0]
     np.testing.assert_array_equal(restored, np.asarray(exact))
     assert processor.postprocess(values)[0].size == (width, height)
+
+
+def _random_clip(frames: int, height: int, width: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+
+
+@over_videos
+def test_video_processor(tester):
+    processor = tester.make_processor()
+    num_frames, _, height, width = tester.input_shape
+    raw = _random_clip(*tester.resolved_raw_video_shape(), seed=0)
+    pixel_values = tester.preprocess(processor, raw)
+    assert pixel_values.shape == (1, *tester.input_shape)
+    low, high = tester.input_range
+    assert pixel_values.min() >= low - 1e-6 and pixel_values.max() <= high + 1e-6
+    # frames given as a list of PIL images are the same clip
+    from_pil = tester.preprocess(processor, [Image.fromarray(frame) for frame in raw])
+    torch.testing.assert_close(from_pil, pixel_values)
+    # postprocess inverts the normalisation exactly on a clip already at the model's size
+    exact = _random_clip(num_frames, height, width, seed=1)
+    values = tester.preprocess(processor, exact)
+    restored = processor.postprocess(values, output_type="np")
+    assert restored.shape == (1, num_frames, height, width, 3) and restored.dtype == np.uint8
+    np.testing.assert_array_equal(restored[0], exact)
+    frames = processor.postprocess(values)[0]
+    assert len(frames) == num_frames and all(frame.size == (width, height) for frame in frames)
+    np.testing.assert_array_equal(np.asarray(frames[-1]), exact[-1])
 
 
 def test_bf16_forward(tester, tmp_path):
@@ -133,7 +182,7 @@ def test_bf16_forward(tester, tmp_path):
     assert error < 0.1, error
 
 
-@pytest.mark.parametrize("tester", [t for t in TESTERS if t.supports_sdpa], ids=[t.name for t in TESTERS if t.supports_sdpa])
+@over(lambda t: t.supports_sdpa)
 def test_eager_matches_sdpa(tester, tmp_path):
     _saved(tester, tmp_path)
     pixel_values = tester.make_pixel_values(2)
@@ -222,10 +271,11 @@ def test_lora_fine_tuning(tester, tmp_path):
 
 
 def _png(tester) -> Image.Image:
-    _, height, width = tester.input_shape
+    _, height, width = tester.channels_height_width
     return Image.fromarray(np.random.default_rng(5).integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
+@over_images
 def test_image_tokenization_pipeline(tester, tmp_path):
     model = _saved(tester, tmp_path)
     pipe = pipeline("image-tokenization", model=str(tmp_path))
@@ -243,9 +293,7 @@ def test_image_tokenization_pipeline(tester, tmp_path):
     np.testing.assert_array_equal(np.asarray(result["image"]), reference)
 
 
-@pytest.mark.parametrize(
-    "tester", [t for t in TESTERS if not t.make_decode_kwargs(1)], ids=[t.name for t in TESTERS if not t.make_decode_kwargs(1)]
-)
+@over(lambda t: t.is_image and not t.make_decode_kwargs(1))
 def test_image_feature_extraction_pipeline(tester, tmp_path):
     model = _saved(tester, tmp_path)
     pipe = pipeline("image-feature-extraction", model=str(tmp_path))
@@ -257,14 +305,16 @@ def test_image_feature_extraction_pipeline(tester, tmp_path):
     torch.testing.assert_close(features, expected)
 
 
+@over_images
 def test_bad_inputs_raise_clear_errors(tester):
     model = tester.make_model()
     channels, height, width = tester.input_shape
     good = tester.make_pixel_values(1)
     with pytest.raises(ValueError, match=f"{channels} channels"):
         model.encode(torch.rand(1, channels + 1, height, width))
-    with pytest.raises(ValueError, match=f"{height}x{width}"):
-        model.encode(torch.rand(1, channels, height + 8, width))
+    bad_height, bad_width = tester.resolved_bad_spatial_size()
+    with pytest.raises(ValueError, match=f"{bad_height}x{bad_width}"):
+        model.encode(torch.rand(1, channels, bad_height, bad_width))
     with pytest.raises(ValueError, match="floating point"):
         model.encode((good * 255).to(torch.uint8))
     with pytest.raises(ValueError, match=r"\[batch, channels, height, width\]"):
@@ -282,16 +332,121 @@ def test_bad_inputs_raise_clear_errors(tester):
         tokens[0, 0] = -1
         with pytest.raises(ValueError, match="token ids must be in"):
             model.decode(tokens, **kwargs)
-        too_many = torch.cat([encoded.tokens, encoded.tokens[:, :1]], dim=1)
-        with pytest.raises(ValueError, match="tokens"):
-            model.decode(too_many, **kwargs)
-        with pytest.raises(ValueError, match=r"\[batch, num_tokens\]"):
+        if not tester.variable_token_grid:
+            too_many = torch.cat([encoded.tokens, encoded.tokens[:, :1]], dim=1)
+            with pytest.raises(ValueError, match="tokens"):
+                model.decode(too_many, **kwargs)
+        with pytest.raises(ValueError, match=re.escape(tester.token_layout)):
             model.decode(encoded.tokens[0], **kwargs)
     else:
         with pytest.raises(ValueError, match="continuous tokenizer"):
             model.decode(torch.zeros(1, encoded.latents.shape[1], dtype=torch.long), **kwargs)
-    with pytest.raises(ValueError, match=r"\[batch, num_tokens, latent_dim\]"):
+    with pytest.raises(ValueError, match=re.escape(tester.latent_layout)):
         model.decode(encoded.latents[0], **kwargs)
+
+
+def _write_mp4(path, clip: np.ndarray, fps: int = 8) -> None:
+    """Independent of the pipeline's writer: lossless H.264 (qp 0), so decoding gives back nearly the same frames."""
+    import av
+
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"qp": "0"})
+        stream.width, stream.height, stream.pix_fmt = clip.shape[2], clip.shape[1], "yuv444p"
+        for frame in clip:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def _read_mp4(path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+@over_videos
+def test_video_tokenization_pipeline(tester, tmp_path):
+    pytest.importorskip("av")
+    model = _saved(tester, tmp_path / "model")
+    processor = tester.make_processor()
+    pipe = pipeline("video-tokenization", model=str(tmp_path / "model"))
+    num_frames, _, height, width = tester.input_shape
+    clip = _random_clip(num_frames, height, width, seed=5)
+
+    # frames in memory (a list of PIL images) -> tokens, latents and reconstructed frames
+    result = pipe([Image.fromarray(frame) for frame in clip], decode_kwargs=tester.make_decode_kwargs(1))
+    expected = run_tokenizer(model, tester, tester.preprocess(processor, clip))
+    if tester.discrete:
+        assert result["tokens"] == expected["tokens"][0].tolist()
+    else:
+        assert result["tokens"] is None
+    torch.testing.assert_close(result["latents"], expected["latents"][0])
+    reference = processor.postprocess(expected["reconstruction"], output_type="np")[0]
+    assert len(result["video"]) == num_frames
+    np.testing.assert_array_equal(np.stack([np.asarray(frame) for frame in result["video"]]), reference)
+
+    # an mp4 file in, an mp4 file out
+    source, written = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    _write_mp4(source, clip)
+    decoded = _read_mp4(source)
+    assert decoded.shape == clip.shape and np.abs(decoded.astype(int) - clip).max() <= 8
+    result = pipe(str(source), decode_kwargs=tester.make_decode_kwargs(1), output_video_path=str(written))
+    expected = run_tokenizer(model, tester, tester.preprocess(processor, decoded))
+    if tester.discrete:
+        assert result["tokens"] == expected["tokens"][0].tolist()
+    torch.testing.assert_close(result["latents"], expected["latents"][0])
+    assert result["video_path"] == str(written)
+    round_trip = _read_mp4(written)
+    assert round_trip.shape == (num_frames, height, width, 3)
+    reference = processor.postprocess(expected["reconstruction"], output_type="np")[0]
+    # the writer encodes with a lossy codec: close on average, not exact
+    assert np.abs(round_trip.astype(float) - reference).mean() < 12
+
+
+@over_videos
+def test_video_bad_inputs_raise_clear_errors(tester):
+    model = tester.make_model()
+    num_frames, channels, height, width = tester.input_shape
+    good = tester.make_pixel_values(1)
+    with pytest.raises(ValueError, match="torch.Tensor"):
+        model.encode(good.numpy())
+    with pytest.raises(ValueError, match="floating point"):
+        model.encode((good * 255).to(torch.uint8))
+    if not tester.accepts_images:
+        with pytest.raises(ValueError, match=r"\[batch, frames, channels, height, width\]"):
+            model.encode(good[0])
+    with pytest.raises(ValueError, match=f"{channels} channels"):
+        model.encode(torch.rand(1, num_frames, channels + 1, height, width))
+    for bad_frames in tester.resolved_bad_num_frames():
+        with pytest.raises(ValueError, match=rf"(?s)(?=.*frames)(?=.*\b{bad_frames}\b)"):
+            model.encode(torch.rand(1, bad_frames, channels, height, width))
+    bad_height, bad_width = tester.resolved_bad_spatial_size()
+    with pytest.raises(ValueError, match=f"{bad_height}x{bad_width}"):
+        model.encode(torch.rand(1, num_frames, channels, bad_height, bad_width))
+    with torch.no_grad():
+        encoded = model.encode(good)
+    kwargs = tester.make_decode_kwargs(1)
+    if tester.discrete:
+        tokens = encoded.tokens.clone()
+        tokens.view(-1)[0] = model.vocab_size
+        with pytest.raises(ValueError, match=f"token ids must be in \\[0, {model.vocab_size}\\)"):
+            model.decode(tokens, **kwargs)
+        tokens.view(-1)[0] = -1
+        with pytest.raises(ValueError, match="token ids must be in"):
+            model.decode(tokens, **kwargs)
+        if not tester.variable_token_grid:
+            too_many = torch.cat([encoded.tokens, encoded.tokens[..., :1]], dim=-1)
+            with pytest.raises(ValueError, match="tokens"):
+                model.decode(too_many, **kwargs)
+        if not tester.accepts_images:
+            with pytest.raises(ValueError, match=re.escape(tester.token_layout)):
+                model.decode(encoded.tokens[0], **kwargs)
+    else:
+        with pytest.raises(ValueError, match="continuous tokenizer"):
+            model.decode(torch.zeros(encoded.latents.shape[:-1], dtype=torch.long), **kwargs)
+    if not tester.accepts_images:
+        with pytest.raises(ValueError, match=re.escape(tester.latent_layout)):
+            model.decode(encoded.latents[0], **kwargs)
 
 
 def test_config_serialisation_is_stable(tester, tmp_path):

@@ -266,7 +266,7 @@ def test_video_processor_decodes_samples_and_normalises(tmp_path):
     decoded = processor(str(path), return_tensors="pt")["pixel_values_videos"]
     assert decoded.shape == (1, 10, 3, 24, 40)
     assert (decoded - out).abs().mean() < 0.1  # lossy codec
-    assert processor.postprocess(out)[0].shape == (10, 24, 40, 3)
+    assert processor.postprocess(out, output_type="np")[0].shape == (10, 24, 40, 3)
     large = Emu3VideoProcessor(spatial_factor=8)([frames], return_tensors="pt")["pixel_values_videos"]
     assert large.shape[-2:] == emu3_smart_resize(24, 40) == (400, 664)
 

@@ -65,7 +65,7 @@ def sha256_tree(root: Path) -> dict[str, str]:
     }
 
 
-def assert_same_image_processor(loaded, original) -> None:
+def assert_same_processor(loaded, original) -> None:
     assert type(loaded) is type(original)
     assert loaded.to_dict() == original.to_dict()
 
@@ -74,23 +74,23 @@ def assert_same_image_processor(loaded, original) -> None:
 def test_push_to_hub_then_from_pretrained(tester, hub_client):
     hub = hub_client.hub
     repo_id = f"vistok-tests/{tester.name}-push"
-    model, image_processor = tester.make_model(), tester.make_image_processor()
+    model, processor = tester.make_model(), tester.make_processor()
     pixel_values = tester.make_pixel_values()
     expected = run_tokenizer(model, tester, pixel_values)
 
     commits_before = hub.count("POST", f"/api/models/{repo_id}/commit/")
     model.push_to_hub(repo_id)
-    image_processor.push_to_hub(repo_id)  # second create_repo answers 409 + url
+    processor.push_to_hub(repo_id)  # second create_repo answers 409 + url
     assert hub.count("POST", f"/api/models/{repo_id}/commit/") - commits_before == 2
     pushed = hub.repo_files(repo_id)
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md"} <= pushed.keys()
+    assert {"config.json", "model.safetensors", tester.processor_config_file, "README.md"} <= pushed.keys()
 
     downloads_before = hub.count("GET", f"/{repo_id}/resolve/")
     reloaded = assert_loads_cleanly(repo_id)
     assert type(reloaded) is type(model)
     assert hub.count("GET", f"/{repo_id}/resolve/") > downloads_before, "from_pretrained did not download"
     assert_identical(run_tokenizer(reloaded, tester, pixel_values), expected)
-    assert_same_image_processor(AutoImageProcessor.from_pretrained(repo_id), image_processor)
+    assert_same_processor(tester.auto_processor_class.from_pretrained(repo_id), processor)
     assert not hub.unhandled
 
 
@@ -98,14 +98,14 @@ def test_push_to_hub_then_from_pretrained(tester, hub_client):
 def test_snapshot_download_then_offline_reload(tester, hub_client, tmp_path):
     hub = hub_client.hub
     repo_id = f"vistok-tests/{tester.name}-snapshot"
-    model, image_processor = tester.make_model(seed=1), tester.make_image_processor()
+    model, processor = tester.make_model(seed=1), tester.make_processor()
     pixel_values = tester.make_pixel_values(seed=1)
     expected = run_tokenizer(model, tester, pixel_values)
     local = tmp_path / "local"
     model.save_pretrained(local)
-    image_processor.save_pretrained(local)
+    processor.save_pretrained(local)
     model.push_to_hub(repo_id)
-    image_processor.push_to_hub(repo_id)
+    processor.push_to_hub(repo_id)
 
     snapshot = Path(snapshot_download(repo_id))
     assert snapshot.is_relative_to(hub_client.cache_dir)
@@ -121,7 +121,7 @@ def test_snapshot_download_then_offline_reload(tester, hub_client, tmp_path):
     assert Path(snapshot_download(repo_id)) == snapshot
     reloaded = assert_loads_cleanly(repo_id)
     assert_identical(run_tokenizer(reloaded, tester, pixel_values), expected)
-    assert_same_image_processor(AutoImageProcessor.from_pretrained(repo_id), image_processor)
+    assert_same_processor(tester.auto_processor_class.from_pretrained(repo_id), processor)
     assert len(hub.requests) == requests_before, f"offline reload reached the server: {hub.requests[requests_before:]}"
     assert not hub.unhandled
 
@@ -158,7 +158,7 @@ def test_vistok_convert_push_to_hub(parity_root, hub_client, tmp_path):
     assert torch.equal(encoded.tokens, io["codes"].reshape(encoded.tokens.shape))
     assert torch.equal(encoded.tokens, local_encoded.tokens)
     torch.testing.assert_close(reconstruction, io["reconstruction"], atol=1e-4, rtol=1e-4)
-    assert_same_image_processor(AutoImageProcessor.from_pretrained(repo_id), AutoImageProcessor.from_pretrained(dest))
+    assert_same_processor(AutoImageProcessor.from_pretrained(repo_id), AutoImageProcessor.from_pretrained(dest))
     assert not hub.unhandled
 
 
