@@ -244,29 +244,35 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
         return output if return_dict else output.to_tuple()
 
     @staticmethod
-    def _is_ragged(pixel_values, image_sizes) -> bool:
-        """A list of images, or a padded batch whose `image_sizes` are not all the full size."""
-        if isinstance(pixel_values, (list, tuple)):
-            return True
-        if image_sizes is None:
-            return False
-        full = list(pixel_values.shape[-2:]) if isinstance(pixel_values, torch.Tensor) else None
-        return any(list(size) != full for size in torch.as_tensor(image_sizes).tolist())
-
-    def _split_images(self, pixel_values, image_sizes) -> list[torch.Tensor]:
-        if image_sizes is None:
-            return list(pixel_values)
+    def _image_sizes(pixel_values, image_sizes) -> list[list[int]]:
+        """`image_sizes` as a list of [height, width], checked against the padded batch."""
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
             raise ValueError(
                 "image_sizes goes with a padded image batch [batch, channels, height, width], got "
                 f"{type(pixel_values).__name__} of shape {tuple(getattr(pixel_values, 'shape', ()))}."
             )
-        sizes = torch.as_tensor(image_sizes).tolist()
-        if len(sizes) != pixel_values.shape[0] or any(len(size) != 2 for size in sizes):
+        sizes = torch.as_tensor(image_sizes)
+        if sizes.ndim != 2 or sizes.shape != (pixel_values.shape[0], 2):
             raise ValueError(
                 f"image_sizes must have shape [{pixel_values.shape[0]}, 2] (height, width per image), got "
-                f"{tuple(torch.as_tensor(image_sizes).shape)}."
+                f"{tuple(sizes.shape)}."
             )
+        return sizes.tolist()
+
+    @classmethod
+    def _is_ragged(cls, pixel_values, image_sizes) -> bool:
+        """A list of images, or a padded batch whose `image_sizes` are not all the full size."""
+        if isinstance(pixel_values, (list, tuple)):
+            return True
+        if image_sizes is None:
+            return False
+        full = list(pixel_values.shape[-2:])
+        return any(size != full for size in cls._image_sizes(pixel_values, image_sizes))
+
+    def _split_images(self, pixel_values, image_sizes) -> list[torch.Tensor]:
+        if image_sizes is None:
+            return list(pixel_values)
+        sizes = self._image_sizes(pixel_values, image_sizes)
         for height, width in sizes:
             if height > pixel_values.shape[-2] or width > pixel_values.shape[-1]:
                 raise ValueError(
