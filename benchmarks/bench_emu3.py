@@ -4,7 +4,8 @@ weights, same process, calls alternating), for image encode/decode and clip enco
 Default sizes are the release's (`Emu3VQVAEConfig()`: 8x spatial, 4x temporal, 32768 codes; 512x512 images and
 4x512x512 clips = 4096 tokens each). Every row checks that both give the same codes (reconstruction max abs diff
 reported) and reports tokens/s, the median seconds per call, the speed-up (transformers / vistok) and the peak memory
-of one call (GPU: `max_memory_allocated`; CPU: peak resident memory of a fresh process, Linux VmHWM, weights included).
+of one call (GPU: `max_memory_allocated`; CPU: peak resident memory of a fresh process, Linux VmHWM, weights and
+libraries included, and the part of it above what was resident before the call).
 
     python benchmarks/bench_emu3.py --markdown benchmarks/results/emu3_cpu.md
     python benchmarks/bench_emu3.py --image-size 64 --base-channels 128 --iters 3   # reduced, for small CPUs
@@ -92,8 +93,9 @@ def _resident_gb(field: str) -> float:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def measure_peak_memory(which: str, phase: str, size: int, frames: int, base_channels, dtype: str, device: str) -> float:
-    """In a fresh process: peak memory (GB) of one call of `which` ("vistok"/"transformers") for `phase`."""
+def measure_peak_memory(which: str, phase: str, size: int, frames: int, base_channels, dtype: str, device: str) -> list:
+    """In a fresh process: [peak memory, peak memory above what was resident before the call] (GB) of one call of
+    `which` ("vistok"/"transformers") for `phase`."""
     ours, theirs = build(base_channels, DTYPES[dtype], device)
     data = inputs(phase, size, frames, DTYPES[dtype], device, ours)
     fn = calls(phase, ours, theirs, data)[0 if which == "vistok" else 1]
@@ -101,18 +103,21 @@ def measure_peak_memory(which: str, phase: str, size: int, frames: int, base_cha
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() / 1e9
     else:
         Path("/proc/self/clear_refs").write_text("5")
+        before = _resident_gb("VmRSS")
     with torch.no_grad():
         fn()
-    return torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else _resident_gb("VmHWM")
+    peak = torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else _resident_gb("VmHWM")
+    return [peak, peak - before]
 
 
-def peak_memory_subprocess(*args) -> float:
-    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_emu3 as b; "
-            f"print(b.measure_peak_memory(*{args!r}))")
+def peak_memory_subprocess(*args) -> list:
+    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_emu3 as b; "
+            f"print(json.dumps(b.measure_peak_memory(*{args!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def run(args) -> dict:
@@ -124,13 +129,14 @@ def run(args) -> dict:
         tokens = (args.image_size // ours.spatial_factor) ** 2 * (1 if phase.startswith("image") else args.frames // 4)
         row = dict(phase=phase, image_size=args.image_size, frames=1 if phase.startswith("image") else args.frames,
                    tokens=tokens, dtype=args.dtype)
-        row |= time_alternating(phase, ours, theirs, data, args.warmup, args.iters, args.device)
-        row["speedup"] = row["transformers_seconds"] / row["vistok_seconds"]
-        row["vistok_tokens_per_s"] = tokens / row["vistok_seconds"]
-        row["transformers_tokens_per_s"] = tokens / row["transformers_seconds"]
+        if args.iters:
+            row |= time_alternating(phase, ours, theirs, data, args.warmup, args.iters, args.device)
+            row["speedup"] = row["transformers_seconds"] / row["vistok_seconds"]
+            row["vistok_tokens_per_s"] = tokens / row["vistok_seconds"]
+            row["transformers_tokens_per_s"] = tokens / row["transformers_seconds"]
         if args.memory:
             for which in ("vistok", "transformers"):
-                row[f"{which}_peak_gb"] = peak_memory_subprocess(
+                row[f"{which}_peak_gb"], row[f"{which}_call_gb"] = peak_memory_subprocess(
                     which, phase, args.image_size, args.frames, args.base_channels, args.dtype, args.device)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -146,17 +152,18 @@ def to_markdown(result: dict, command: str) -> str:
         f"Device {result['device']} ({result['cpu']}, {result['threads']} threads), torch {result['torch']}, base "
         f"channels {result['base_channels']} (release: 256), median of {result['iters']} alternating calls.", "",
         "| phase | input | tokens | vistok s | transformers s | speed-up | vistok tok/s | transformers tok/s | "
-        "peak GB vistok / transformers | max abs diff |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "peak GB vistok / transformers | of which the call | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         memory = (f"{r['vistok_peak_gb']:.2f} / {r['transformers_peak_gb']:.2f}" if "vistok_peak_gb" in r else "-")
+        call = (f"{r['vistok_call_gb']:.3f} / {r['transformers_call_gb']:.3f}" if "vistok_call_gb" in r else "-")
         shape = f"{r['frames']}x{r['image_size']}x{r['image_size']}"
-        lines.append(
-            f"| {r['phase']} | {shape} | {r['tokens']} | {r['vistok_seconds']:.3f} | {r['transformers_seconds']:.3f} | "
-            f"{r['speedup']:.2f}x | {r['vistok_tokens_per_s']:.0f} | {r['transformers_tokens_per_s']:.0f} | {memory} | "
-            f"{r['max_abs_diff']:.1e} |"
-        )
+        timing = (f"{r['vistok_seconds']:.3f} | {r['transformers_seconds']:.3f} | {r['speedup']:.2f}x | "
+                  f"{r['vistok_tokens_per_s']:.1f} | {r['transformers_tokens_per_s']:.1f}" if "speedup" in r
+                  else "- | - | - | - | -")
+        diff = f"{r['max_abs_diff']:.1e}" if "max_abs_diff" in r else "-"
+        lines.append(f"| {r['phase']} | {shape} | {r['tokens']} | {timing} | {memory} | {call} | {diff} |")
     return "\n".join(lines) + "\n"
 
 
@@ -169,7 +176,7 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=3, help="0: memory only")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
     parser.add_argument("--output", default=None)
     parser.add_argument("--markdown", default=None)
