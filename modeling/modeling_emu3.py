@@ -45,6 +45,8 @@ class Emu3VisionTokenizerQuantizer(Emu3VQVAEVectorQuantizer):
     accelerate's offload hooks (attached to that leaf) load it in both directions. Same parameters
     (`embedding.weight`), same distances as the original (`|z|^2 + |e|^2 - 2 z.e`, argmin)."""
 
+    rows_per_chunk = 1024
+
     def forward(self, hidden_state: torch.Tensor | None = None, codes: torch.LongTensor | None = None):
         """`hidden_state` [B, t, D, h, w] -> codes [B, t, h, w] (in the codebook's dtype, float32 by default);
         or `codes` [...] -> codebook vectors [..., D]."""
@@ -53,8 +55,14 @@ class Emu3VisionTokenizerQuantizer(Emu3VQVAEVectorQuantizer):
         codebook = self.embedding(torch.arange(self.embedding.num_embeddings, device=hidden_state.device))
         batch_size, frames, channels, height, width = hidden_state.shape
         flat = hidden_state.to(codebook.dtype).permute(0, 1, 3, 4, 2).reshape(-1, channels)
-        distances = flat.pow(2).sum(1, keepdim=True) + codebook.pow(2).sum(1) - 2 * flat @ codebook.t()
-        return distances.argmin(dim=1).view(batch_size, frames, height, width)
+        codebook_norms = codebook.pow(2).sum(1)
+        codes = torch.empty(flat.shape[0], dtype=torch.long, device=flat.device)
+        # rows in chunks: a [rows, codebook_size] distance matrix is 0.5 GB for one 512x512 image at once
+        for start in range(0, flat.shape[0], self.rows_per_chunk):
+            rows = flat[start:start + self.rows_per_chunk]
+            distances = torch.addmm(rows.pow(2).sum(1, keepdim=True) + codebook_norms, rows, codebook.t(), alpha=-2)
+            codes[start:start + self.rows_per_chunk] = distances.argmin(dim=1)
+        return codes.view(batch_size, frames, height, width)
 
 
 class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):

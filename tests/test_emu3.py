@@ -282,3 +282,13 @@ def test_tiny_model_save_load_and_auto_video_processor(tiny, tmp_path):
     with torch.no_grad():
         assert torch.equal(reloaded.encode(video).tokens, model.encode(video).tokens)
     assert torch.equal(reloaded.quantize.embedding.weight, model.quantize.embedding.weight)
+
+
+def test_chunked_argmin_gives_the_same_codes(tiny, monkeypatch):
+    model, reference = tiny
+    video = torch.rand(1, 4, 3, 16, 24, generator=torch.Generator().manual_seed(6)) * 2 - 1
+    with torch.no_grad():
+        whole = model.encode(video).tokens
+        monkeypatch.setattr(model.quantize, "rows_per_chunk", 7)  # 96 rows in 14 chunks, the last one partial
+        assert torch.equal(model.encode(video).tokens, whole)
+        assert torch.equal(whole, _reference_codes(reference, video))
