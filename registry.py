@@ -110,6 +110,19 @@ SYSTEMS = (
         converters={"larp-ar": "conversion.convert_larp_ar"},
         exports=("modeling.configuration_larp:LARP_AR_VARIANTS",),
     ),
+    # Emu3's vision tokenizer is transformers' `Emu3VQVAE` (same config and weights) behind the tokenizer API
+    System(
+        "emu3_vqgan",
+        config="transformers.models.emu3.configuration_emu3:Emu3VQVAEConfig",
+        models={"AutoModel": "modeling.modeling_emu3:Emu3VisionTokenizer"},
+        image_processors={
+            "torchvision": "processing.image_processing_emu3:Emu3VisionTokenizerImageProcessor",
+            "pil": "processing.image_processing_emu3:Emu3VisionTokenizerImageProcessorPil",
+        },
+        video_processors={"torchvision": "processing.video_processing_emu3:Emu3VideoProcessor"},
+        converters={"emu3-vq": "conversion.convert_emu3_vq"},
+        exports=("modeling.token_layout_emu3:Emu3TokenLayout", "modeling.generation_emu3:generate_vision_codes"),
+    ),
     System(
         "oryx_vit",
         config="modeling.configuration_ola:OryxViTConfig",

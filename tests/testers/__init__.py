@@ -56,6 +56,9 @@ class TokenizerTester:
       latent_shape: per-sample shape of ``latents`` when they are not ``[num_tokens, latent_dim]``; checked exactly
         when given (otherwise latents must be 3-D).
       token_layout / latent_layout: the layout strings the decode errors name for a tensor of the wrong rank.
+      variable_token_grid: the tokenizer takes grids of any size (Emu3), so one token more is no error.
+      accepts_images: a video tokenizer that also takes image batches (Emu3): a clip, token grid or latent without
+        its batch dimension is then a valid image batch, so the wrong-rank video checks do not apply.
     Calls:
       make_decode_kwargs(batch_size): extra keyword arguments ``decode``/``forward`` need (fresh tensors/generators).
       lora_target_modules: module-name suffixes LoRA wraps in the shared LoRA test.
@@ -84,6 +87,8 @@ class TokenizerTester:
     latent_shape: tuple[int, ...] | None = None
     token_layout: str = "[batch, num_tokens]"
     latent_layout: str = "[batch, num_tokens, latent_dim]"
+    variable_token_grid: bool = False
+    accepts_images: bool = False
     supports_sdpa: bool = True
     bad_num_frames: tuple[int, ...] | None = None
     bad_spatial_size: tuple[int, int] | None = None
