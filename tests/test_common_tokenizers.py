@@ -93,6 +93,8 @@ def test_encode_decode_contract(tester):
     torch.testing.assert_close(forward.reconstruction, outputs["reconstruction"], atol=1e-5, rtol=1e-5)
     # eval mode: no quantizer loss, the loss is exactly the reconstruction MSE
     expected_loss = torch.nn.functional.mse_loss(forward.reconstruction, pixel_values)
+    if getattr(forward, "prior_loss", None) is not None:  # LARP's AR prior adds its weighted cross-entropy
+        expected_loss = expected_loss + model.config.prior_loss_weight * forward.prior_loss
     assert forward.quantization_loss is None
     torch.testing.assert_close(forward.loss, expected_loss)
 
