@@ -268,7 +268,9 @@ def test_lora_fine_tuning(tester, tmp_path):
     fresh = tester.model_class(tester.make_config())
     fresh.load_state_dict(base_state)
     reloaded = PeftModel.from_pretrained(fresh.eval(), tmp_path / "adapter").eval()
-    assert_outputs_close(run_tokenizer(reloaded, tester, pixel_values), trained, atol=1e-6)
+    # 1e-5: PyTorch's 3D convolutions take another kernel path when parameters stop requiring grad (Emu3's video path
+    # moves by ~3e-6 from that alone, with identical weights)
+    assert_outputs_close(run_tokenizer(reloaded, tester, pixel_values), trained, atol=1e-5)
     merged = reloaded.merge_and_unload()
     assert type(merged) is tester.model_class
     assert not any("lora" in k for k in merged.state_dict())
