@@ -16,7 +16,7 @@ import torch
 from transformers.image_processing_backends import PilBackend, TorchvisionBackend
 from transformers.image_utils import ChannelDimension, PILImageResampling, SizeDict, get_image_size
 
-from .image_processing_tokenizer import TokenizerPostprocessMixin, _SignedRangeDefaults
+from .image_processing_common import SignedRangeDefaults, TokenizerPostprocessMixin
 
 
 def emu3_smart_resize(
@@ -105,13 +105,13 @@ class Emu3SmartResizeMixin(TokenizerPostprocessMixin):
         return outputs
 
 
-class Emu3VisionTokenizerImageProcessor(Emu3SmartResizeMixin, _SignedRangeDefaults, TorchvisionBackend):
+class Emu3VisionTokenizerImageProcessor(Emu3SmartResizeMixin, SignedRangeDefaults, TorchvisionBackend):
     r"""Emu3 vision tokenizer preprocessing (torchvision backend): RGB, smart resize to multiples of `spatial_factor`
     inside `[min_pixels, max_pixels]` (bicubic, antialiased), **[-1, 1]**. Returns `pixel_values` [B, 3, H, W] (a
     mixed-size batch padded bottom/right) and `image_sizes` [B, 2]."""
 
 
-class Emu3VisionTokenizerImageProcessorPil(Emu3SmartResizeMixin, _SignedRangeDefaults, PilBackend):
+class Emu3VisionTokenizerImageProcessorPil(Emu3SmartResizeMixin, SignedRangeDefaults, PilBackend):
     r"""Emu3 vision tokenizer preprocessing with PIL, as the original `Emu3VisionVQImageProcessor`: RGB, smart resize
     (PIL bicubic), **[-1, 1]**; plus padding and `image_sizes` for mixed-size batches."""
 
