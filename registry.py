@@ -326,19 +326,35 @@ def _register_in(mapping_attribute: str, field_name: str):
     return register
 
 
-def _register_pipelines(module) -> None:
+def _resolve_if_ready(path: str):
+    """`resolve(path)`, or None while that module is itself being imported (it imported transformers.pipelines,
+    which ran this registration first): the module calls `register_pipelines()` once it is complete."""
+    module_name, attribute = _absolute(path).split(":")
+    module = sys.modules.get(module_name)
+    if module is not None and not hasattr(module, attribute):
+        return None
+    return resolve(path)
+
+
+def register_pipelines(module=None) -> None:
+    """Registers vistok's pipeline tasks (and its subclass of transformers' `image-feature-extraction`) in
+    `PIPELINE_REGISTRY`; idempotent. Runs when transformers.pipelines is imported, and again at the end of each vistok
+    pipeline module."""
     from transformers.models.auto import modeling_auto
 
-    registry = module.PIPELINE_REGISTRY
+    registry = (module or sys.modules["transformers.pipelines"]).PIPELINE_REGISTRY
     for task in PIPELINES:
-        if task.task not in registry.get_supported_tasks():
+        pipeline_class = _resolve_if_ready(task.pipeline)
+        if pipeline_class is not None and task.task not in registry.get_supported_tasks():
             registry.register_pipeline(
-                task.task, pipeline_class=resolve(task.pipeline), pt_model=getattr(modeling_auto, task.auto_model),
+                task.task, pipeline_class=pipeline_class, pt_model=getattr(modeling_auto, task.auto_model),
                 type=task.type,
             )
-    for task, pipeline in PIPELINE_OVERRIDES.items():
-        # the same task, defaults and models; the subclass changes only what runs for vistok models
-        registry.supported_tasks[task]["impl"] = resolve(pipeline)
+    for task, path in PIPELINE_OVERRIDES.items():
+        pipeline_class = _resolve_if_ready(path)
+        if pipeline_class is not None:
+            # the same task, defaults and models; the subclass changes only what runs for vistok models
+            registry.supported_tasks[task]["impl"] = pipeline_class
 
 
 #: transformers module -> what to register once it is imported
@@ -349,7 +365,7 @@ _HOOKS = {
     "transformers.models.auto.video_processing_auto": _register_in("VIDEO_PROCESSOR_MAPPING", "video_processors"),
     "transformers.models.auto.feature_extraction_auto": _register_in("FEATURE_EXTRACTOR_MAPPING", "feature_extractor"),
     "transformers.models.auto.processing_auto": _register_in("PROCESSOR_MAPPING", "processor"),
-    "transformers.pipelines": _register_pipelines,
+    "transformers.pipelines": register_pipelines,
     # video files decode with PyAV when torchcodec is unusable (see processing/video_io.py)
     "transformers.video_processing_utils": lambda module: resolve("processing.video_io:install_pyav_fallback")(module),
 }

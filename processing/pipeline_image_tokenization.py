@@ -12,6 +12,8 @@ transformers 5.x removed ``image-to-image``; this task takes its place for visua
 from transformers import ImageFeatureExtractionPipeline, Pipeline
 from transformers.image_utils import load_image
 
+from ..registry import register_pipelines
+
 
 class ImageTokenizationPipeline(Pipeline):
     """Encodes images with a vistok tokenizer and decodes them back.
@@ -69,3 +71,6 @@ class TokenizerFeatureExtractionPipeline(ImageFeatureExtractionPipeline):
 
 
 __all__ = ["ImageTokenizationPipeline", "TokenizerFeatureExtractionPipeline"]
+
+
+register_pipelines()  # completes the registration if this module was imported before transformers.pipelines

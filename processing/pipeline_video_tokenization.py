@@ -9,8 +9,9 @@
 
 import numpy as np
 from PIL import Image
-from transformers import AutoModel, Pipeline
-from transformers.pipelines import PIPELINE_REGISTRY
+from transformers import Pipeline
+
+from ..registry import register_pipelines
 
 
 def write_video(frames: np.ndarray, path: str, fps: float = 8.0, codec: str = "libx264") -> str:
@@ -111,12 +112,7 @@ class VideoTokenizationPipeline(Pipeline):
         return result
 
 
-def register_video_pipelines() -> None:
-    if "video-tokenization" in PIPELINE_REGISTRY.get_supported_tasks():
-        return
-    PIPELINE_REGISTRY.register_pipeline(
-        "video-tokenization", pipeline_class=VideoTokenizationPipeline, pt_model=AutoModel, type="video"
-    )
+__all__ = ["VideoTokenizationPipeline", "write_video"]
 
 
-__all__ = ["VideoTokenizationPipeline", "register_video_pipelines", "write_video"]
+register_pipelines()  # completes the registration if this module was imported before transformers.pipelines
