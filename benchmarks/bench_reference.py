@@ -130,13 +130,13 @@ def to_markdown(system: str, result: dict) -> str:
         f"of {result['iters']} alternating calls after {result['warmup']} warm-up. ratio = vistok / original time "
         "(< 1: vistok faster). Peak memory: one call, above the resident/allocated memory before it.",
         "",
-        "| op | batch | original s | vistok s | ratio | original peak GB | vistok peak GB | max abs diff |",
+        "| op | batch | original s | vistok s | ratio | original peak MB | vistok peak MB | max abs diff |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['op']} | {r['batch_size']} | {r['original_s']:.3f} | {r['vistok_s']:.3f} | {r['ratio']:.2f} | "
-            f"{r['original_peak_gb']:.2f} | {r['vistok_peak_gb']:.2f} | {r['max_abs_diff']:.2e} |"
+            f"{r['original_peak_gb'] * 1024:.1f} | {r['vistok_peak_gb'] * 1024:.1f} | {r['max_abs_diff']:.2e} |"
         )
     return "\n".join(lines) + "\n"
 
