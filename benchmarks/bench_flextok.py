@@ -11,6 +11,13 @@ guidance (guidance doubles the batch of every step). Reports the median seconds 
 counted with `torch.utils.flop_counter`.
 
     python benchmarks/bench_flextok.py --markdown benchmarks/results/flextok_cpu.md
+
+With `--reference PATH` (a checkout of apple/ml-flextok) and `--reference-checkpoint DIR` (an original checkpoint
+folder: config.json + model.safetensors, e.g. a snapshot of EPFL-VILAB/flextok_d12_d12_in1k with its VAE, whose
+config names the VAE by `vae.hf_hub_path`) it instead times the original `FlexTokFromHub` against its vistok
+conversion side by side (see `bench_reference.py`): `tokenize` vs `encode`, and `detokenize` vs `decode` with
+`--steps` Euler steps and APG at `--guidance-scale`, from the same generator seed. The original runs with its SDPA
+fallback (flex_attention needs a torch.compile warm-up of minutes on CPU).
 """
 
 import argparse
@@ -19,7 +26,11 @@ import json
 import platform
 import sys
 
+import os
+from pathlib import Path
+
 import torch
+import bench_reference
 from bench_common import DTYPES, count_flops, median_seconds, write_results
 
 from vistok import FLEXTOK_VARIANTS, FlexTokConfig, FlexTokModel
@@ -94,6 +105,60 @@ def run(args) -> dict:
                 torch=torch.__version__, warmup=args.warmup, iters=args.iters, rows=rows)
 
 
+def reference_pairs(args, workdir):
+    """The original FlexTok loaded from `--reference-checkpoint` and its vistok conversion."""
+    if not args.reference_checkpoint:
+        raise SystemExit("--reference needs --reference-checkpoint DIR (an original FlexTok checkpoint folder)")
+    wrapper = bench_reference.import_original(args.reference, "flextok.flextok_wrapper")
+    from safetensors.torch import load_file
+
+    from vistok.conversion.__main__ import main as convert_main
+
+    source = Path(args.reference_checkpoint).resolve()
+    config = json.loads((source / "config.json").read_text())
+    config = {key: value for key, value in config.items() if key != "_target_"}
+    cwd = os.getcwd()
+    os.chdir(source)  # a relative vae.hf_hub_path names a folder next to config.json
+    try:
+        original = wrapper.FlexTokFromHub(config)
+    finally:
+        os.chdir(cwd)
+    original.load_state_dict(load_file(source / "model.safetensors"))
+    for module in original.modules():  # the original's SDPA fallback
+        if hasattr(module, "use_flex_attention"):
+            module.use_flex_attention = False
+        if hasattr(module, "return_materialized_mask"):
+            module.return_materialized_mask = True
+    original = original.eval().to(args.device)
+    assert convert_main(["flextok", str(source), str(workdir / "vistok")]) == 0
+    ours = FlexTokModel.from_pretrained(workdir / "vistok").eval().to(args.device)
+    size, factor = ours.config.image_size, ours.config.vae_downsample_factor
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(max(args.reference_batch_sizes), 3, size, size, generator=generator).to(args.device) * 2 - 1
+    apg = dict(num_steps=args.steps, guidance_scale=args.guidance_scale, guidance_type="apg")
+
+    def encode(batch_size):
+        x = images[:batch_size]
+        return lambda: ours.encode(x).tokens, lambda: torch.cat(original.tokenize(x))
+
+    def decode(batch_size):
+        with torch.no_grad():
+            tokens = ours.encode(images[:batch_size]).tokens
+        def theirs():
+            return original.detokenize(
+                list(tokens.split(1)), vae_image_sizes=size // factor, timesteps=args.steps, verbose=False,
+                generator=torch.Generator(args.device).manual_seed(0), guidance_scale=args.guidance_scale,
+                perform_norm_guidance=True,
+            )
+        def mine():
+            return ours.decode(tokens, generator=torch.Generator(args.device).manual_seed(0), **apg).reconstruction
+        return mine, theirs
+
+    described = (f"original `FlexTokFromHub` from {source.name} ({size} px; decode: {args.steps} Euler steps, APG "
+                 f"{args.guidance_scale})")
+    return described, {"encode": encode, "decode": decode}
+
+
 def _cell(value, fmt="{}"):
     return "" if value is None else fmt.format(value)
 
@@ -141,9 +206,15 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--output", default=None, help="JSON results file")
     parser.add_argument("--markdown", default=None, help="markdown table file")
+    bench_reference.add_arguments(parser)
+    parser.add_argument("--reference-checkpoint", default=None, metavar="DIR",
+                        help="original FlexTok checkpoint folder to compare (--reference)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.reference:
+        command = "python benchmarks/bench_flextok.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        return bench_reference.main("FlexTok", reference_pairs, args, command)
     result = run(args)
     command = "python benchmarks/bench_flextok.py " + " ".join(sys.argv[1:] if argv is None else argv)
     write_results(result, args.output, args.markdown, lambda: to_markdown(result, command.strip()))

@@ -6,6 +6,11 @@ For every (variant, dtype, attention implementation, batch size) it reports imag
 in fresh subprocesses.
 
     python benchmarks/bench_titok.py --output benchmarks/results/titok_cpu.json --markdown benchmarks/results/titok_cpu.md
+
+With `--reference PATH` (a checkout of bytedance/1d-tokenizer) it instead times the original `TiTok` against vistok
+side by side (see `bench_reference.py`); `--reference-config NAME` picks the original inference yaml
+(`configs/infer/TiTok/NAME.yaml`, default titok_s128); `--reference-size reduced` makes both the encoder and decoder
+ViT "small".
 """
 
 import argparse
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+import bench_reference
 from bench_common import DTYPES, count_flops, median_seconds, synchronize, write_results
 
 import vistok
@@ -106,6 +112,45 @@ def peak_memory_subprocess(variant, phase, batch_size, dtype, attn, device) -> d
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def reference_pairs(args, workdir: Path):
+    """The original TiTok (random weights, its own init) saved as a hub checkpoint and converted to vistok."""
+    original_titok = bench_reference.import_original(args.reference, "modeling.titok")
+    from omegaconf import OmegaConf
+
+    from vistok.conversion.__main__ import main as convert_main
+
+    config = OmegaConf.load(Path(args.reference) / "configs" / "infer" / "TiTok" / f"{args.reference_config}.yaml")
+    if args.reference_size == "reduced":
+        config.model.vq_model.vit_enc_model_size = config.model.vq_model.vit_dec_model_size = "small"
+    torch.manual_seed(0)
+    original = original_titok.TiTok(config).eval().to(args.device)
+    original.save_pretrained(workdir / "original")
+    assert convert_main(["titok", str(workdir / "original"), str(workdir / "vistok")]) == 0
+    ours = vistok.TiTokModel.from_pretrained(workdir / "vistok").eval().to(args.device)
+    size, vae = ours.config.image_size, ours.config.quantize_mode == "vae"
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(max(args.reference_batch_sizes), 3, size, size, generator=generator).to(args.device)
+
+    def encode(batch_size):
+        x = images[:batch_size]
+        if vae:  # posterior mean, [B, C, 1, N] -> [B, N, C]
+            return (lambda: ours.encode(x).latents,
+                    lambda: original.encode(x)[1].mean.squeeze(2).transpose(1, 2))
+        return lambda: ours.encode(x).tokens, lambda: original.encode(x)[1]["min_encoding_indices"].flatten(1)
+
+    def decode(batch_size):
+        with torch.no_grad():
+            encoded = ours.encode(images[:batch_size])
+        if vae:
+            latents = encoded.latents
+            return lambda: ours.decode(latents).reconstruction, lambda: original.decode(latents.transpose(1, 2)[:, :, None])
+        tokens = encoded.tokens
+        return lambda: ours.decode(tokens).reconstruction, lambda: original.decode_tokens(tokens)
+
+    described = f"original `TiTok` from configs/infer/TiTok/{args.reference_config}.yaml ({args.reference_size} size)"
+    return described, {"encode": encode, "decode": decode}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="+", default=["titok_l32", "titok_b64", "titok_s128", "titok_bl128_vq8k"])
@@ -120,8 +165,13 @@ def main(argv=None):
     parser.add_argument("--default-malloc", action="store_true", help="keep glibc's default allocator settings")
     parser.add_argument("--output", default=None)
     parser.add_argument("--markdown", default=None)
+    bench_reference.add_arguments(parser)
+    parser.add_argument("--reference-config", default="titok_s128", help="original inference yaml name (--reference)")
     args = parser.parse_args(argv)
     allocator_tuned = False if args.default_malloc else tune_glibc_allocator()
+    command = "python benchmarks/bench_titok.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.reference:
+        return bench_reference.main("TiTok", reference_pairs, args, command)
 
     peaks = {name: matmul_peak_gflops(DTYPES[name], args.device) for name in args.dtypes}
     print(f"initial matmul peak ({args.device}, {torch.get_num_threads()} threads): "

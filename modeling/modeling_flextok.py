@@ -51,8 +51,8 @@ class FlexTokEncoderOutput(TokenizerEncoderOutput):
 @dataclass
 class FlexTokDecoderOutput(TokenizerDecoderOutput):
     r"""
-    reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`):
-        Decoded images in [-1, 1] (not clamped).
+    reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
+        Decoded images in [-1, 1] (not clamped), of the requested `image_size` (default `config.image_size`).
     vae_latents (`torch.FloatTensor` of shape `(batch_size, vae_latent_channels, h, w)`):
         Final sample of the rectified flow (scaled VAE latents) that the VAE decoded.
     """
@@ -80,7 +80,7 @@ class FlexTokModelOutput(TokenizerModelOutput):
         Eval mode: MSE between the sampled reconstruction and `labels`. Training mode: the rectified-flow loss, MSE
         between the predicted and the true velocity `noise - vae_latents(labels)`.
     latents / tokens: the encoding (see `FlexTokEncoderOutput`).
-    reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`):
+    reconstruction (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
         Eval mode: the sampled decode. Training mode: the VAE decode of the one-step clean-latent estimate
         `x_t - t * velocity` (detached).
     velocity (`torch.FloatTensor`, *optional*): training mode: the predicted velocity.
@@ -104,6 +104,14 @@ def register_attention_mask(num_patches: int, num_registers: int, device=None) -
 
 # decode settings that a training step accepts (so one set of kwargs serves both modes) and ignores
 _DECODE_ONLY_KWARGS = {"num_steps", "guidance_scale", "guidance_type", "token_lengths"}
+
+
+def crop_position_table(table: torch.Tensor, grid_size: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    """The top-left `grid_h` x `grid_w` corner of a row-major [grid_size**2, D] table, as [grid_h * grid_w, D]: how the
+    original fits its position table to a smaller latent (absolute positions, no interpolation)."""
+    if (grid_h, grid_w) == (grid_size, grid_size):
+        return table
+    return table.view(grid_size, grid_size, -1)[:grid_h, :grid_w].reshape(grid_h * grid_w, -1)
 
 
 def _flextok_sincos_table(width: int, grid: int) -> torch.Tensor:
@@ -131,6 +139,7 @@ class FlexTokEncoderEmbeddings(nn.Module):
         super().__init__()
         width = config.encoder_hidden_size
         self.patch_size = config.patch_size
+        self.grid_size = config.grid_size
         self.patch_embedding = nn.Linear(config.vae_latent_channels * config.patch_size**2, width)
         # fixed sin-cos table, stored in the checkpoint as in the original (a buffer, so it is never trained)
         self.register_buffer("position_embedding", torch.empty(config.grid_size**2, width), persistent=True)
@@ -139,8 +148,9 @@ class FlexTokEncoderEmbeddings(nn.Module):
     def forward(self, vae_latents: torch.Tensor, num_registers: int) -> torch.Tensor:
         """[B, C, h, w] latents -> [B, num_patches + num_registers, width]."""
         dtype = self.patch_embedding.weight.dtype
+        grid_h, grid_w = (side // self.patch_size for side in vae_latents.shape[-2:])
         patches = self.patch_embedding(patchify(vae_latents.to(dtype), self.patch_size))
-        patches = patches + self.position_embedding.to(dtype)
+        patches = patches + crop_position_table(self.position_embedding, self.grid_size, grid_h, grid_w).to(dtype)
         registers = self.register_tokens[:num_registers].to(dtype).expand(patches.shape[0], -1, -1)
         return torch.cat([patches, registers], dim=1)
 
@@ -153,6 +163,7 @@ class FlexTokDecoderEmbeddings(nn.Module):
         super().__init__()
         width = config.decoder_hidden_size
         self.patch_size = config.patch_size
+        self.grid_size = config.grid_size
         self.num_registers = config.num_latent_tokens
         self.token_projection = nn.Linear(len(config.fsq_levels), width)
         self.register_position_embedding = nn.Parameter(torch.empty(config.num_latent_tokens, width))
@@ -184,8 +195,9 @@ class FlexTokDecoderEmbeddings(nn.Module):
     def embed_patches(self, noisy_latents: torch.Tensor) -> torch.Tensor:
         """[B, C, h, w] -> [B, num_patches, width]."""
         dtype = self.patch_embedding.weight.dtype
+        grid_h, grid_w = (side // self.patch_size for side in noisy_latents.shape[-2:])
         patches = self.patch_embedding(patchify(noisy_latents.to(dtype), self.patch_size))
-        return patches + self.position_embedding.to(dtype)
+        return patches + crop_position_table(self.position_embedding, self.grid_size, grid_h, grid_w).to(dtype)
 
     def forward(
         self,
@@ -405,7 +417,8 @@ class FlexTokPreTrainedModel(PreTrainedModel):
 
 class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
     r"""
-    FlexTok tokenizer. `encode` maps images in [-1, 1] ([B, 3, 256, 256]) to up to `num_latent_tokens` ordered token
+    FlexTok tokenizer. `encode` maps images in [-1, 1] ([B, 3, H, W]; 256x256 for the releases, any size whose latent
+    the position tables cover is accepted, see `validate_input_size`) to up to `num_latent_tokens` ordered token
     ids (coarse to fine); `decode` maps any prefix of them (ids [B, k] or FSQ codes [B, k, len(levels)], 1 <= k <= N)
     back to images in [-1, 1] by integrating the rectified flow from noise with an Euler sampler.
 
@@ -435,11 +448,63 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
             inputs=("image",),
             tokens="1d",
             num_channels=config.num_channels,
-            image_size=(config.image_size, config.image_size),
+            image_size=None,
             max_tokens=config.num_latent_tokens,
             vocab_size=config.codebook_size,
             latent_dim=len(config.fsq_levels),
         )
+
+    def vae_latent_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the VAE latent of a `height` x `width` image: every downsampling block of the diffusers encoder
+        pads one pixel at the bottom/right and runs a stride-2 3x3 conv, i.e. halves the size rounding down."""
+        for _ in range(self.config.vae_downsample_factor.bit_length() - 1):
+            if min(height, width) < 2:
+                return 0, 0
+            height, width = height // 2, width // 2
+        return height, width
+
+    def _check_latent_size(self, latent_h: int, latent_w: int, what: str) -> None:
+        """A latent size the position tables cover: both sides multiples of `patch_size`, at most `grid_size` patches
+        per side (the original crops its tables to the latent and cannot extend them)."""
+        config = self.config
+        patch, grid, factor = config.patch_size, config.grid_size, config.vae_downsample_factor
+        if latent_h % patch or latent_w % patch or not (patch <= latent_h <= grid * patch and patch <= latent_w <= grid * patch):
+            raise ValueError(
+                f"{what}: FlexTok needs a VAE latent whose sides are multiples of the patch size {patch} and at most "
+                f"{grid * patch} (its {grid}x{grid} position table), got a {latent_h}x{latent_w} latent. Images whose "
+                f"height and width are multiples of {factor * patch} up to {config.image_size}x{config.image_size} "
+                "work, square or not."
+            )
+
+    def validate_input_size(self, height: int, width: int) -> None:
+        """Accepts every image size the original accepts: any `height` x `width` whose VAE latent (see
+        `vae_latent_size`) has sides that are multiples of `patch_size` and at most `grid_size * patch_size`."""
+        latent_h, latent_w = self.vae_latent_size(height, width)
+        self._check_latent_size(latent_h, latent_w, f"pixel_values of size {height}x{width} (height x width)")
+
+    def decode_latent_size(self, image_size: int | tuple | None, noise: torch.Tensor | None = None) -> tuple[int, int]:
+        """The VAE latent (h, w) a decode samples for an output of `image_size` pixels (an int for squares, or
+        (height, width)); default: the size of `noise` if given, else `config.image_size`."""
+        factor = self.config.vae_downsample_factor
+        if image_size is None:
+            if torch.is_tensor(noise) and noise.ndim == 4:
+                return tuple(noise.shape[-2:])
+            image_size = self.config.image_size
+        size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
+            raise ValueError(f"image_size must be an int or a (height, width) pair of positive ints, got {image_size!r}.")
+        if size[0] % factor or size[1] % factor:
+            raise ValueError(
+                f"image_size {size[0]}x{size[1]} is not a multiple of the VAE downsampling factor {factor}; decoded "
+                "images are always latent size x factor (an odd input size decodes to the size rounded down)."
+            )
+        latent = (size[0] // factor, size[1] // factor)
+        self._check_latent_size(*latent, f"image_size {size[0]}x{size[1]}")
+        return latent
+
+    def _forward_decode_defaults(self, encoded: FlexTokEncoderOutput) -> dict:
+        factor = self.config.vae_downsample_factor
+        return {"image_size": tuple(side * factor for side in encoded.vae_latents.shape[-2:])}
 
     @property
     def _vae_dtype(self) -> torch.dtype:
@@ -489,7 +554,8 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True, **kwargs) -> FlexTokEncoderOutput:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`): images in [-1, 1].
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): images in [-1, 1], of any size
+                `validate_input_size` accepts (non-square and smaller than `config.image_size` included).
             num_tokens (`int`, *optional*): encode only the first `num_tokens` registers (1..N); the result equals
                 the prefix of the full encoding, at a lower cost.
             sample_posterior (`bool`, *optional*): sample the VAE posterior instead of taking its mode (default:
@@ -531,7 +597,9 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
         self.validate_latents(latents)
         batch_size, num_codes = latents.shape[:2]
         device = noisy_latents.device
-        self._check_noise(noisy_latents, batch_size, "noisy_latents")
+        if torch.is_tensor(noisy_latents) and noisy_latents.ndim == 4:
+            self._check_latent_size(*noisy_latents.shape[-2:], "noisy_latents")
+        self._check_noise(noisy_latents, batch_size, tuple(noisy_latents.shape[-2:]), "noisy_latents")
         if not torch.is_tensor(timesteps):
             timesteps = torch.full((batch_size,), float(timesteps), device=device)
         keep_k = self._check_keep_k(keep_k, batch_size, num_codes, device, "keep_k")
@@ -551,16 +619,16 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
             raise ValueError(f"{name} must be {batch_size} integers in [1, {num_codes}], got {keep_k.tolist()}.")
         return keep_k
 
-    def _check_noise(self, noise: torch.Tensor, batch_size: int, name: str = "noise") -> None:
-        side = self.config.latent_grid_size
-        expected = (batch_size, self.config.vae_latent_channels, side, side)
+    def _check_noise(self, noise: torch.Tensor, batch_size: int, latent_size: tuple, name: str = "noise") -> None:
+        expected = (batch_size, self.config.vae_latent_channels, *latent_size)
         if not torch.is_tensor(noise) or tuple(noise.shape) != expected:
             got = tuple(noise.shape) if torch.is_tensor(noise) else type(noise).__name__
             raise ValueError(f"{name} must be a tensor of shape {list(expected)} (VAE latent layout), got {got}.")
 
-    def _sample_noise(self, batch_size: int, device, generator: torch.Generator | None) -> torch.Tensor:
-        side = self.config.latent_grid_size
-        shape = (1, self.config.vae_latent_channels, side, side)
+    def _sample_noise(
+        self, batch_size: int, latent_size: tuple, device, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        shape = (1, self.config.vae_latent_channels, *latent_size)
         # one draw per image, in order, as the original sampler does (same numbers for the same generator seed)
         draw_device = rng_device(generator, device)
         draws = [torch.randn(shape, generator=generator, device=draw_device) for _ in range(batch_size)]
@@ -575,15 +643,17 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
         token_lengths: torch.Tensor | None = None,
+        image_size: int | tuple | None = None,
     ) -> FlexTokDecoderOutput:
         sampler = FlexTokFlowSampler.from_config(self.config, num_steps, guidance_scale, guidance_type)
         batch_size, num_codes = latents.shape[:2]
         device = latents.device
         keep_k = self._check_keep_k(token_lengths, batch_size, num_codes, device, "token_lengths")
+        latent_size = self.decode_latent_size(image_size, noise)
         if noise is None:
-            noise = self._sample_noise(batch_size, device, generator)
+            noise = self._sample_noise(batch_size, latent_size, device, generator)
         else:
-            self._check_noise(noise, batch_size)
+            self._check_noise(noise, batch_size, latent_size)
         if sampler.guided:
             # the conditional and unconditional branches run as one batch
             null_mask = torch.arange(2 * batch_size, device=device) >= batch_size
@@ -611,6 +681,10 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
             noise (`torch.FloatTensor` of shape `(batch_size, C, h, w)`, *optional*): explicit initial noise.
             token_lengths (`torch.LongTensor` of shape `(batch_size,)`, *optional*): per-image prefix lengths when the
                 batch holds padded sequences of different lengths.
+            image_size (`int` or `(height, width)`, *optional*): size of the decoded images in pixels, a multiple of
+                the VAE factor times `patch_size` up to `config.image_size` per side (the original's
+                `vae_image_sizes`, given in pixels); default: the size of `noise` if given, else `config.image_size`.
+                `forward` decodes to the size of the encoded latent.
 
         Returns: `FlexTokDecoderOutput` with `reconstruction` [B, 3, H, W] in [-1, 1] (not clamped) and the final
         `vae_latents`.
@@ -651,7 +725,7 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
         if noise is None:
             noise = torch.randn(clean.shape, generator=generator, device=rng_device(generator, device)).to(device)
         else:
-            self._check_noise(noise, batch_size)
+            self._check_noise(noise, batch_size, tuple(clean.shape[-2:]))
         if keep_k is None:
             keep_k = objective.sample_keep_k(batch_size, generator, device)
         else:

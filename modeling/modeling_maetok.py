@@ -123,11 +123,12 @@ class MAETokRotaryEmbedding(nn.Module):
         self.freqs = nn.Parameter(torch.empty(2, num_layers, hidden_size // 2))
 
     def forward(
-        self, grid_height: int, grid_width: int, num_prefix_tokens: int, num_suffix_tokens: int
+        self, grid_height: int, grid_width: int, num_prefix_tokens: int, num_suffix_tokens: int, layer_index: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns float32 (cos, sin) of shape [num_layers, 1, num_heads, prefix + grid_h * grid_w + suffix,
-        head_dim] for interleaved-pair rotation; identity (cos 1, sin 0) outside the patch tokens."""
-        freqs = self.freqs.float()
+        """Returns float32 (cos, sin) of layer `layer_index`, shape [1, num_heads, prefix + grid_h * grid_w + suffix,
+        head_dim], for interleaved-pair rotation; identity (cos 1, sin 0) outside the patch tokens. One layer at a
+        time: the tables of all layers at once would dominate the memory of a small-batch call."""
+        freqs = self.freqs[:, layer_index : layer_index + 1].float()
         positions = torch.arange(grid_height * grid_width, device=freqs.device, dtype=torch.float32)
         pos_x = (positions % grid_width)[None, :, None]
         pos_y = torch.div(positions, grid_width, rounding_mode="floor")[None, :, None]
@@ -137,7 +138,7 @@ class MAETokRotaryEmbedding(nn.Module):
         pad = (0, 0, num_prefix_tokens, num_suffix_tokens)
         cos = F.pad(cos, pad, value=1.0)
         sin = F.pad(sin, pad, value=0.0)
-        return cos[:, None], sin[:, None]
+        return cos[0, None], sin[0, None]
 
 
 class MAETokEncoderEmbeddings(nn.Module):
@@ -207,9 +208,9 @@ class MAETokEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """[B, C, H, W] -> hidden states of the latent tokens [B, N, encoder_hidden_size]."""
         hidden_states = self.embeddings(pixel_values, mask)
-        cos, sin = self.rotary_emb(self.grid_size, self.grid_size, 1, self.num_latent_tokens)
         for index, layer in enumerate(self.layers):
-            hidden_states = layer(hidden_states, cos[index], sin[index])
+            cos, sin = self.rotary_emb(self.grid_size, self.grid_size, 1, self.num_latent_tokens, index)
+            hidden_states = layer(hidden_states, cos, sin)
         hidden_states = self.post_layernorm(hidden_states)
         return hidden_states[:, -self.num_latent_tokens :]
 
@@ -335,9 +336,9 @@ class MAETokDecoder(nn.Module):
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """latents [B, N, latent_dim] -> pixels [B, C, H, W] or features [B, grid**2, out_dim]."""
         hidden_states = self.embeddings(latents)
-        cos, sin = self.rotary_emb(self.grid_size, self.grid_size, self.num_prefix_tokens, latents.shape[1])
         for index, layer in enumerate(self.layers):
-            hidden_states = layer(hidden_states, cos[index], sin[index], latents)
+            cos, sin = self.rotary_emb(self.grid_size, self.grid_size, self.num_prefix_tokens, latents.shape[1], index)
+            hidden_states = layer(hidden_states, cos, sin, latents)
         # the modulation reads the raw latents, not their projection to the decoder width
         hidden_states = self.final_norm(hidden_states, latents)
         start = self.num_prefix_tokens

@@ -363,11 +363,26 @@ class TiTokModel(VisualTokenizerMixin, TiTokPreTrainedModel):
             inputs=("image",),
             tokens="1d",
             num_channels=config.num_channels,
-            image_size=(config.image_size, config.image_size),
+            image_size=None,
             num_tokens=config.num_latent_tokens,
             vocab_size=config.codebook_size if config.quantize_mode == "vq" else None,
             latent_dim=config.token_size,
         )
+
+    def validate_input_size(self, height: int, width: int) -> None:
+        """Accepts what the original accepts: the stride-p patch conv drops remainder pixels and the [1 + g*g, W]
+        position table is added to the flattened patch sequence, so any `height` x `width` with
+        `(height // p) * (width // p) == g * g` encodes (sizes g*p .. g*p + p-1 per side for the square grid; other
+        grids of g*g patches get the table in raster order, as in the original, a layout the model was not trained
+        on). The decoder always produces the configured `image_size` square."""
+        patch, grid = self.config.patch_size, self.config.image_size // self.config.patch_size
+        if (height // patch) * (width // patch) != grid * grid:
+            raise ValueError(
+                f"pixel_values of size {height}x{width} (height x width) give {height // patch}x{width // patch} "
+                f"patches of {patch} px; TiTok's position table holds exactly {grid * grid} ({grid}x{grid}), so use "
+                f"{self.config.image_size}x{self.config.image_size} images (up to {patch - 1} extra pixels per side are "
+                "dropped, as in the original); resize and crop with the model's image processor."
+            )
 
     def _encode(
         self, pixel_values: torch.Tensor, sample_posterior: bool | None = None, generator=None
@@ -395,7 +410,8 @@ class TiTokModel(VisualTokenizerMixin, TiTokPreTrainedModel):
     def encode(self, pixel_values: torch.Tensor, return_dict: bool = True, **kwargs) -> TokenizerEncoderOutput:
         r"""
         Args:
-            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`): images in [0, 1].
+            pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`): images in [0, 1], normally
+                `image_size` square; see `validate_input_size` for the other sizes the original accepts.
             sample_posterior (`bool`, *optional*): VAE only; sample instead of returning the posterior mean
                 (default: sample in training mode only). generator (`torch.Generator`, *optional*): for that sample.
 
@@ -416,9 +432,16 @@ class TiTokModel(VisualTokenizerMixin, TiTokPreTrainedModel):
                     "this TA-TiTok decoder needs `text_guidance` (CLIP text hidden states of shape "
                     f"[batch, {expected[0]}, {expected[1]}])."
                 )
-            if text_guidance.ndim != 3 or tuple(text_guidance.shape[1:]) != expected or len(text_guidance) != len(latents):
+            # a single text state is broadcast over the whole position table, as in the original
+            if (
+                text_guidance.ndim != 3
+                or text_guidance.shape[1] not in (1, expected[0])
+                or text_guidance.shape[2] != expected[1]
+                or len(text_guidance) != len(latents)
+            ):
                 raise ValueError(
-                    f"text_guidance must have shape [{len(latents)}, {expected[0]}, {expected[1]}], got "
+                    f"text_guidance must have shape [{len(latents)}, {expected[0]}, {expected[1]}] (or "
+                    f"[{len(latents)}, 1, {expected[1]}], broadcast over the positions), got "
                     f"{tuple(text_guidance.shape)}."
                 )
         elif text_guidance is not None:
@@ -441,7 +464,8 @@ class TiTokModel(VisualTokenizerMixin, TiTokPreTrainedModel):
             tokens_or_latents: `torch.LongTensor` [B, N] token ids (VQ models) or `torch.FloatTensor`
                 [B, N, token_size] latents (VAE posterior mean or samples, or quantized values).
             text_guidance (`torch.FloatTensor` of shape `(batch_size, text_context_length, text_embed_dim)`):
-                TA-TiTok only: CLIP text-encoder hidden states after the final LayerNorm.
+                TA-TiTok only: CLIP text-encoder hidden states after the final LayerNorm (a length-1 sequence is
+                broadcast over the position table, as in the original).
 
         Returns: `TiTokDecoderOutput` with `reconstruction` [B, 3, H, W] in [0, 1] (not clamped) and, for legacy
         models, `proxy_logits`.

@@ -176,7 +176,9 @@ class VisualTokenizerMixin:
       * ``_encode(pixel_values, **kwargs) -> TokenizerEncoderOutput``
       * ``_decode(latents, **kwargs) -> TokenizerDecoderOutput`` (latents as in ``TokenizerEncoderOutput.latents``)
       * ``tokens_to_latents(tokens) -> latents`` for discrete tokenizers (``layout.vocab_size`` set)
-    and may override ``validate_input_size`` (models that accept more than one input size).
+    and may override ``validate_input_size`` (models that accept more than one input size; their `layout` has
+    ``image_size=None``) and ``_forward_decode_defaults`` (decode arguments that ``forward`` derives from the
+    encoding, e.g. the output size of such models).
 
     Every entry point rejects what would give a silent wrong result with a ValueError naming the tensor, the items
     and expected vs got: non-tensors, wrong dtypes or ranks, empty batches, wrong channels/sizes/token counts, token
@@ -310,6 +312,10 @@ class VisualTokenizerMixin:
         parameters = inspect.signature(self._decode).parameters
         return {name for name, p in parameters.items() if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD}
 
+    def _forward_decode_defaults(self, encoded: TokenizerEncoderOutput) -> dict:
+        """Decode arguments `forward` derives from the encoding (explicit `forward` arguments win); none by default."""
+        return {}
+
     def tokens_to_latents(self, tokens: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} has no codebook.")
 
@@ -327,7 +333,7 @@ class VisualTokenizerMixin:
         returns ``loss`` = MSE(reconstruction, labels) + ``quantization_loss_weight`` x quantizer loss."""
         self.validate_pixel_values(pixel_values)
         encoded = self._encode(pixel_values)
-        decoded = self._decode(encoded.latents, **decode_kwargs)
+        decoded = self._decode(encoded.latents, **{**self._forward_decode_defaults(encoded), **decode_kwargs})
         loss = None
         if labels is not None:
             loss = self.reconstruction_loss(decoded.reconstruction, labels)

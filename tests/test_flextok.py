@@ -316,8 +316,12 @@ def test_decode_is_reproducible_and_noise_explicit(tiny):
         from_generator = tiny.decode(tokens, generator=torch.Generator().manual_seed(5), num_steps=3).reconstruction
         assert torch.equal(from_generator, tiny.decode(tokens, noise=drawn, num_steps=3).reconstruction)
         assert not torch.equal(a, from_generator)
+        # smaller noise decodes a smaller image (the original's vae_image_sizes): image_size follows the noise
+        assert tiny.decode(tokens, noise=noise[..., :4, :6], num_steps=1).reconstruction.shape == (2, 3, 16, 24)
     with pytest.raises(ValueError, match=r"noise must be a tensor of shape \[2, 4, 8, 8\].*\(2, 4, 4, 4\)"):
-        tiny.decode(tokens, noise=torch.zeros(2, 4, 4, 4))
+        tiny.decode(tokens, noise=torch.zeros(2, 4, 4, 4), image_size=32)
+    with pytest.raises(ValueError, match=r"noise must be a tensor of shape \[2, 4, 8, 8\].*\(2, 3, 8, 8\)"):
+        tiny.decode(tokens, noise=torch.zeros(2, 3, 8, 8))
 
 
 def test_guidance_settings(tiny):
