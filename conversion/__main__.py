@@ -21,7 +21,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert an original released checkpoint into a vistok (transformers) model directory.",
     )
     parser.add_argument("arch", help=f"architecture, one of: {', '.join(sorted(CONVERTERS))}")
-    parser.add_argument("source", help="directory laid out like the release, or a single checkpoint file")
+    parser.add_argument(
+        "source",
+        help="directory laid out like the release, a single checkpoint file, a Hub repo id of an original release "
+        "or a released variant name (e.g. titok-l32); Hub sources download only the files the converter reads",
+    )
     parser.add_argument("dest", help="output directory, loadable with AutoModel / AutoImageProcessor")
     parser.add_argument("--config", default=None, help="original config (json/yaml) when SOURCE is a single file")
     parser.add_argument(
@@ -58,19 +62,21 @@ def detect_architecture(source) -> list[str]:
 
 def convert(arch, source, dest, config=None, preset_overrides=None, dtype=None, push_to_hub=None, force=False, verify=True):
     """Python entry point of the CLI; returns the destination path."""
-    from .utils import ConversionError, save_conversion
+    from .utils import ConversionError, check_paths, resolve_source, save_conversion
 
     if arch not in CONVERTERS:
         raise ConversionError(f"unknown architecture {arch!r}; choose one of {sorted(CONVERTERS)}.")
     module = importlib.import_module(f"..{CONVERTERS[arch]}", __package__)
-    try:
-        result = module.convert(source, config_file=config, presets_file=preset_overrides)
-    except ConversionError as error:
-        others = [name for name in detect_architecture(source) if name != arch]
-        if others:
-            raise ConversionError(f"{error}\nSOURCE looks like a {' / '.join(others)} checkpoint, not {arch}: try "
-                                  f"`vistok-convert {others[0]} ...`.") from error
-        raise
+    check_paths(source, dest, force)  # before any download
+    with resolve_source(arch, source, module) as local_source:
+        try:
+            result = module.convert(local_source, config_file=config, presets_file=preset_overrides)
+        except ConversionError as error:
+            others = [name for name in detect_architecture(local_source) if name != arch]
+            if others:
+                raise ConversionError(f"{error}\nSOURCE looks like a {' / '.join(others)} checkpoint, not {arch}: "
+                                      f"try `vistok-convert {others[0]} ...`.") from error
+            raise
     for note in result.notes:
         logger.warning("note: %s", note)
     return save_conversion(
