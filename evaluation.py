@@ -528,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vistok-eval",
         description="Reconstruction PSNR/SSIM of a vistok tokenizer on an image folder or a Hub dataset.",
     )
-    parser.add_argument("model", help="model directory or Hub id (loaded with AutoModel + AutoImageProcessor)")
+    parser.add_argument("model", help="model directory or Hub id (loaded with AutoModel + AutoImageProcessor), or a "
+                        "released variant name (e.g. titok-l32), converted once from its original Hub release")
     parser.add_argument("data", help="image folder (datasets' imagefolder) or Hub dataset id")
     parser.add_argument("--output-dir", default="vistok-eval", help="where report.json, report.md, grid.png go (default: vistok-eval)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per encode/decode call (default: 16)")
@@ -554,12 +555,15 @@ def run(args: argparse.Namespace) -> dict:
     """Runs an evaluation for parsed CLI arguments; writes the report files and returns the report."""
     from transformers import AutoImageProcessor, AutoModel
 
+    from .conversion.__main__ import resolve_model
+
     dataset, column, split = load_image_dataset(args.data, args.split, args.max_images, args.image_column,
                                                 args.streaming)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModel.from_pretrained(args.model, dtype=dtype).to(device).eval()
-    image_processor = AutoImageProcessor.from_pretrained(args.model)
+    model_path = resolve_model(args.model)  # a released variant name is converted from its Hub release first
+    model = AutoModel.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    image_processor = AutoImageProcessor.from_pretrained(model_path)
     if not hasattr(model, "encode") or not hasattr(model, "decode"):
         raise ValueError(f"{args.model!r} loads as {type(model).__name__}, which is not a tokenizer with "
                          "encode/decode.")

@@ -4,6 +4,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from ..registry import converters
 
@@ -82,6 +83,27 @@ def convert(arch, source, dest, config=None, preset_overrides=None, dtype=None, 
     return save_conversion(
         result, dest, dtype=dtype, force=force, push_to_hub=push_to_hub, verify=verify, source=source, arch=arch
     )
+
+
+def resolve_model(model: str) -> str:
+    """MODEL of ``vistok-eval`` / ``vistok-tokenize``: a local folder or Hub id of a vistok model is returned as is; a
+    released variant name (``titok-l32``, ``maetok-b-128``, ``flextok_d18_d28_in1k``) is converted once from its
+    original Hub release into ``$HF_HOME/vistok/converted/<variant>`` and that folder is returned."""
+    from huggingface_hub import constants
+
+    from .utils import variant_hub_ids
+
+    if Path(model).exists():
+        return model
+    for arch in CONVERTERS:
+        for name in variant_hub_ids(arch):
+            if name.lower().replace("-", "_") == model.lower().replace("-", "_"):
+                dest = Path(constants.HF_HOME) / "vistok" / "converted" / name
+                if not (dest / "config.json").is_file():
+                    logger.info("converting the released %s variant %s into %s", arch, name, dest)
+                    convert(arch, name, dest, force=True)
+                return str(dest)
+    return model
 
 
 def main(argv=None) -> int:

@@ -140,3 +140,43 @@ def convert_main_raising(arch, source, dest):
     from vistok.conversion.__main__ import convert as convert_api
 
     return convert_api(arch, source, dest)
+
+
+def write_images(folder: Path, sizes=((40, 30), (33, 47), (64, 64))) -> Path:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    generator = torch.Generator().manual_seed(0)
+    for index, (width, height) in enumerate(sizes):
+        pixels = torch.randint(0, 256, (height, width, 3), generator=generator, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(folder / f"image_{index}.png")
+    return folder
+
+
+def test_end_to_end_variant_name_to_report(parity_root, hub_client, tmp_path, monkeypatch):
+    """The README's end-to-end command: a released variant by name, converted from the Hub, run on an image folder."""
+    from vistok.evaluation import main as eval_main
+    from vistok.modeling.configuration_titok import TITOK_VIT_PRESETS
+
+    case = parity_root / "titok" / "vq_direct"
+    if not case.is_dir():
+        pytest.skip(f"{case} not found")
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)  # imagefolder's usage ping to S3
+    # the tiny release names tiny ViT presets; real releases name the built-in small/base/large
+    for name, sizes in json.loads((case / "presets.json").read_text()).items():
+        monkeypatch.setitem(TITOK_VIT_PRESETS, name, sizes)
+    publish(case / "original", "yucornetto/tokenizer_titok_l32_imagenet")
+    images = write_images(tmp_path / "images")
+    out = tmp_path / "out"
+    assert eval_main(["titok-l32", str(images), "--output-dir", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_images"] == 3 and (out / "grid.png").is_file()
+    converted = Path(hub_client.hf_home) / "vistok" / "converted" / "titok_l32"
+    assert report["model"] == "titok-l32" and (converted / "model.safetensors").is_file()
+    config = json.loads((converted / "config.json").read_text())
+    assert report["tokens_per_image"] == config["num_latent_tokens"]
+    requests = len(hub_client.hub.requests)
+    assert eval_main(["titok-l32", str(images), "--output-dir", str(out), "--no-progress"]) == 0
+    assert len(hub_client.hub.requests) == requests, "the converted variant is reused, not downloaded again"
