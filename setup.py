@@ -1,7 +1,7 @@
 """Install vistok: the root folders are mapped into the ``vistok`` namespace.
 
 ``modeling/`` -> ``vistok.modeling``, ``processing/`` -> ``vistok.processing``, ``conversion/`` ->
-``vistok.conversion``; the root ``__init__.py`` and ``evaluation.py`` form ``vistok`` itself. Nothing is installed as
+``vistok.conversion``; the root ``__init__.py``, ``evaluation.py`` and ``tokenize_dataset.py`` form ``vistok`` itself. Nothing is installed as
 a bare top-level ``modeling``/``processing``/``conversion`` package.
 """
 
@@ -52,6 +52,7 @@ setup(
         "console_scripts": [
             "vistok-convert=vistok.conversion.__main__:main",
             "vistok-eval=vistok.evaluation:main",
+            "vistok-tokenize=vistok.tokenize_dataset:main",
         ]
     },
 )
