@@ -42,12 +42,13 @@ setup(
         "datasets>=3.0",
         "peft>=0.21",
         "accelerate>=1.0",
+        "torchmetrics>=1.4",
         "diffusers>=0.32",
         "pyyaml",
         "pillow",
         "tqdm",
     ],
-    extras_require={"test": ["pytest>=8", "av"]},
+    extras_require={"test": ["pytest>=8", "av", "scipy"], "metrics": ["torch-fidelity", "scipy"]},
     entry_points={
         "console_scripts": [
             "vistok-convert=vistok.conversion.__main__:main",
