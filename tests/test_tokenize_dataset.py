@@ -18,6 +18,7 @@ from PIL import Image
 from transformers import AutoImageProcessor, AutoModel
 
 import vistok  # noqa: F401  (registers the Auto classes)
+from hub_fixtures import fake_hub, hub_client  # noqa: F401  (pytest fixtures)
 from testers import all_testers
 from vistok.tokenize_dataset import main as tokenize_main
 
@@ -127,3 +128,17 @@ def test_two_processes_under_accelerate_equal_one(titok_dir, image_dir, tmp_path
     rows, tokens = read_shards(parallel, "tokens")
     assert sorted(rows) == rows == list(range(len(SIZES)))  # no row missing or repeated
     assert (rows, tokens) == read_shards(single, "tokens")
+
+
+def test_push_to_hub(titok_dir, image_dir, tmp_path, hub_client, monkeypatch):
+    import datasets
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)  # imagefolder's usage ping to S3
+    assert tokenize_main([str(titok_dir), str(image_dir), str(out), "--shard-size", "4", "--no-progress",
+                          "--push-to-hub", "vistok-tests/tokens"]) == 0
+    pushed = hub_client.hub.repo_files("vistok-tests/tokens", repo_type="dataset")
+    local = {f"data/{f.name}": f.read_bytes() for f in shard_files(out)} | {
+        "vistok_tokenize.json": (out / "vistok_tokenize.json").read_bytes()}
+    assert {name: pushed.get(name) for name in local} == local
+    assert not hub_client.hub.unhandled
