@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from vistok.evaluation import build_report, format_markdown, format_table
-from vistok.evaluation import ReconstructionResult
+from vistok.evaluation import ReconstructionResult, build_report, format_markdown, format_table
 from vistok.metrics import ReconstructionMetrics
 
 
