@@ -37,9 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
+
+from .metrics import DESCRIPTIONS
 
 
 logger = logging.getLogger("vistok.evaluation")
@@ -66,15 +67,11 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
     Returns: `[B]` float64 tensor, `10 * log10(data_range**2 / MSE)` with the MSE over channels and pixels of each
     image; `inf` where the images are identical.
     """
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
     _check_pair(prediction, target)
-    mse = (prediction.double() - target.double()).pow(2).flatten(1).mean(dim=1)
-    return 10.0 * torch.log10(data_range**2 / mse)
-
-
-def _gaussian_window(window_size: int, sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
-    coords = torch.arange(window_size, dtype=dtype, device=device) - (window_size - 1) / 2
-    weights = torch.exp(-(coords**2) / (2 * sigma**2))
-    return weights / weights.sum()
+    return peak_signal_noise_ratio(prediction.double(), target.double(), data_range=data_range, reduction="none",
+                                   dim=(1, 2, 3))
 
 
 def ssim(
@@ -107,22 +104,18 @@ def ssim(
     if height < window_size or width < window_size:
         raise ValueError(f"SSIM with a {window_size}x{window_size} window needs images of at least that size, got "
                          f"{height}x{width}.")
-    x, y = prediction.double(), target.double()
-    channels = x.shape[1]
-    window = _gaussian_window(window_size, sigma, x.dtype, x.device)
-    window_h = window.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
-    window_w = window.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    from torchmetrics.functional.image import structural_similarity_index_measure
 
-    def blur(images):
-        return F.conv2d(F.conv2d(images, window_h, groups=channels), window_w, groups=channels)
-
-    mean_x, mean_y = blur(x), blur(y)
-    var_x = blur(x * x) - mean_x**2
-    var_y = blur(y * y) - mean_y**2
-    cov_xy = blur(x * y) - mean_x * mean_y
-    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
-    ssim_map = ((2 * mean_x * mean_y + c1) * (2 * cov_xy + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
-    return ssim_map.flatten(2).mean(dim=2).mean(dim=1)
+    if int(3.5 * sigma + 0.5) * 2 + 1 != window_size:
+        raise ValueError(f"torchmetrics derives the Gaussian window from sigma ({int(3.5 * sigma + 0.5) * 2 + 1} taps "
+                         f"for sigma={sigma}), got window_size={window_size}.")
+    # torchmetrics averages over the whole reflect-padded map; keep the positions whose window lies inside the image
+    _, ssim_map = structural_similarity_index_measure(
+        prediction.double(), target.double(), gaussian_kernel=True, sigma=sigma, kernel_size=window_size,
+        data_range=data_range, k1=k1, k2=k2, reduction="none", return_full_image=True,
+    )
+    pad = (window_size - 1) // 2
+    return ssim_map[..., pad:-pad, pad:-pad].flatten(2).mean(dim=2).mean(dim=1)
 
 
 # -------------------------------------------------------------------------------------------------------------- data
@@ -296,6 +289,8 @@ class ReconstructionResult:
     image_size: tuple[int, int] | None = None
     grid_originals: torch.Tensor | None = None
     grid_reconstructions: torch.Tensor | None = None
+    lpips: list[float] = field(default_factory=list)
+    rfid: float | None = None
 
     @property
     def num_images(self) -> int:
@@ -333,6 +328,7 @@ def evaluate_reconstruction(
     grid_images: int = 8,
     total: int | None = None,
     progress: bool = True,
+    metrics=None,
 ) -> ReconstructionResult:
     """Encodes and decodes `images` with `model` and measures PSNR and SSIM in [0, 1] RGB.
 
@@ -349,7 +345,11 @@ def evaluate_reconstruction(
         grid_images: how many leading images to keep for the comparison grid.
         total: number of images, for the progress bar.
         progress: show a progress bar.
+        metrics: a `vistok.metrics.ReconstructionMetrics` (default: PSNR and SSIM); LPIPS and rFID when it has them.
     """
+    from .metrics import ReconstructionMetrics
+
+    metrics = metrics if metrics is not None else ReconstructionMetrics(("psnr", "ssim"))
     if batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}.")
     if num_tokens is not None and num_tokens < 1:
@@ -389,8 +389,7 @@ def evaluate_reconstruction(
             raise ValueError(f"the reconstruction has shape {tuple(reconstructed.shape)} but the input has "
                              f"{tuple(original.shape)}.")
 
-        result.psnr.extend(psnr(reconstructed, original).tolist())
-        result.ssim.extend(ssim(reconstructed, original).tolist())
+        metrics.update(reconstructed, original)
         result.tokens_per_image, result.token_shape = _count_tokens(source, discrete)
         result.discrete = discrete
         result.image_size = tuple(original.shape[-2:])
@@ -400,7 +399,9 @@ def evaluate_reconstruction(
             reconstructions_kept.append(reconstructed[: grid_images - kept])
         bar.update(len(batch))
     bar.close()
-    if not result.psnr:
+    result.psnr, result.ssim = metrics.per_image.get("psnr", []), metrics.per_image.get("ssim", [])
+    result.lpips, result.rfid = metrics.per_image.get("lpips", []), metrics.rfid()
+    if not result.files:
         raise ValueError("no images to evaluate.")
     if originals_kept:
         result.grid_originals = torch.cat(originals_kept)
@@ -445,15 +446,20 @@ def build_report(result: ReconstructionResult, model_id: str, model=None, **extr
         "bits_per_image": (result.tokens_per_image * math.log2(codebook_size)) if codebook_size else None,
         "mean_psnr": _json_float(result.mean_psnr),
         "mean_ssim": result.mean_ssim,
-        "metrics": {
-            "psnr": "dB, on RGB in [0, 1] (data range 1), per image, then averaged",
-            "ssim": "Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, valid positions, mean over RGB, per image",
-        },
+        "metrics": {"psnr": DESCRIPTIONS["psnr"], "ssim": DESCRIPTIONS["ssim"]},
         "images": [
             {"index": index, "file": file, "psnr": _json_float(p), "ssim": s}
             for index, (file, p, s) in enumerate(zip(result.files, result.psnr, result.ssim))
         ],
     }
+    if result.lpips:
+        report["mean_lpips"] = sum(result.lpips) / len(result.lpips)
+        report["metrics"]["lpips"] = DESCRIPTIONS["lpips"]
+        for item, value in zip(report["images"], result.lpips):
+            item["lpips"] = value
+    if result.rfid is not None:
+        report["rfid"] = result.rfid
+        report["metrics"]["rfid"] = DESCRIPTIONS["rfid"]
     return report
 
 
@@ -471,6 +477,8 @@ def format_table(report: dict) -> str:
         ("tokens/image", report["tokens_per_image"]),
         ("PSNR (dB)", _fmt(report["mean_psnr"], 2)),
         ("SSIM", _fmt(report["mean_ssim"], 4)),
+        ("LPIPS", _fmt(report["mean_lpips"], 4) if "mean_lpips" in report else None),
+        ("rFID", _fmt(report["rfid"], 2) if "rfid" in report else None),
     ]
     rows = [(name, value) for name, value in rows if value is not None]
     width = max(len(name) for name, _ in rows)
@@ -489,6 +497,9 @@ def format_markdown(report: dict, grid_file: str | None = "grid.png") -> str:
         f"PSNR: {report['metrics']['psnr']}. SSIM: {report['metrics']['ssim']}.",
         "",
     ]
+    extra = [f"{name}: {_fmt(report[key], 4)} ({report['metrics'][metric]})" for name, key, metric in
+             (("LPIPS (mean)", "mean_lpips", "lpips"), ("rFID", "rfid", "rfid")) if key in report]
+    lines += [*extra, ""] if extra else []
     if grid_file:
         lines += ["Originals (top) and reconstructions (bottom):", "", f"![originals and reconstructions]({grid_file})",
                   ""]
@@ -528,7 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vistok-eval",
         description="Reconstruction PSNR/SSIM of a vistok tokenizer on an image folder or a Hub dataset.",
     )
-    parser.add_argument("model", help="model directory or Hub id (loaded with AutoModel + AutoImageProcessor)")
+    parser.add_argument("model", help="model directory or Hub id (loaded with AutoModel + AutoImageProcessor), or a "
+                        "released variant name (e.g. titok-l32), converted once from its original Hub release")
     parser.add_argument("data", help="image folder (datasets' imagefolder) or Hub dataset id")
     parser.add_argument("--output-dir", default="vistok-eval", help="where report.json, report.md, grid.png go (default: vistok-eval)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per encode/decode call (default: 16)")
@@ -544,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "auto"],
                         help="weights dtype (default: float32)")
+    parser.add_argument("--metrics", default="psnr,ssim", type=lambda text: tuple(text.split(",")),
+                        help="comma-separated from psnr,ssim,lpips,rfid; lpips and rfid fetch their feature networks "
+                        "(AlexNet, InceptionV3 via torch-fidelity) on first use")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--skip-corrupt", action="store_true",
                         help="skip unreadable image files (listed in the report) instead of stopping")
@@ -554,12 +569,16 @@ def run(args: argparse.Namespace) -> dict:
     """Runs an evaluation for parsed CLI arguments; writes the report files and returns the report."""
     from transformers import AutoImageProcessor, AutoModel
 
+    from .conversion.__main__ import resolve_model
+    from .metrics import ReconstructionMetrics
+
     dataset, column, split = load_image_dataset(args.data, args.split, args.max_images, args.image_column,
                                                 args.streaming)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    model = AutoModel.from_pretrained(args.model, dtype=dtype).to(device).eval()
-    image_processor = AutoImageProcessor.from_pretrained(args.model)
+    model_path = resolve_model(args.model)  # a released variant name is converted from its Hub release first
+    model = AutoModel.from_pretrained(model_path, dtype=dtype).to(device).eval()
+    image_processor = AutoImageProcessor.from_pretrained(model_path)
     if not hasattr(model, "encode") or not hasattr(model, "decode"):
         raise ValueError(f"{args.model!r} loads as {type(model).__name__}, which is not a tokenizer with "
                          "encode/decode.")
@@ -571,7 +590,7 @@ def run(args: argparse.Namespace) -> dict:
     result = evaluate_reconstruction(
         model, image_processor, images, batch_size=args.batch_size,
         decode_kwargs=args.decode_kwargs, seed=args.seed, num_tokens=args.num_tokens, grid_images=args.grid_images,
-        total=total, progress=not args.no_progress,
+        total=total, progress=not args.no_progress, metrics=ReconstructionMetrics(args.metrics, device=device),
     )
     report = build_report(
         result, args.model, model, data=args.data, split=split, decode_kwargs=args.decode_kwargs or {}, seed=args.seed,

@@ -1,7 +1,7 @@
 """Install vistok: the root folders are mapped into the ``vistok`` namespace.
 
 ``modeling/`` -> ``vistok.modeling``, ``processing/`` -> ``vistok.processing``, ``conversion/`` ->
-``vistok.conversion``; the root ``__init__.py`` and ``evaluation.py`` form ``vistok`` itself. Nothing is installed as
+``vistok.conversion``; the root ``__init__.py``, ``evaluation.py`` and ``tokenize_dataset.py`` form ``vistok`` itself. Nothing is installed as
 a bare top-level ``modeling``/``processing``/``conversion`` package.
 """
 
@@ -42,6 +42,7 @@ setup(
         "datasets>=3.0",
         "peft>=0.21",
         "accelerate>=1.0",
+        "torchmetrics>=1.4",
         "diffusers>=0.32",
         "pyyaml",
         "pillow",
@@ -49,11 +50,16 @@ setup(
         "sentencepiece",  # InternLM2.5-based InternVL2.5 releases ship a sentencepiece tokenizer.model
         "protobuf",
     ],
-    extras_require={"test": ["pytest>=8", "av", "hypothesis>=6"], "video": ["av"]},
+    extras_require={
+        "test": ["pytest>=8", "av", "hypothesis>=6", "scipy"],
+        "video": ["av"],
+        "metrics": ["torch-fidelity", "scipy"],
+    },
     entry_points={
         "console_scripts": [
             "vistok-convert=vistok.conversion.__main__:main",
             "vistok-eval=vistok.evaluation:main",
+            "vistok-tokenize=vistok.tokenize_dataset:main",
         ]
     },
 )

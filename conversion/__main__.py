@@ -4,6 +4,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from ..registry import converters
 
@@ -21,7 +22,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Convert an original released checkpoint into a vistok (transformers) model directory.",
     )
     parser.add_argument("arch", help=f"architecture, one of: {', '.join(sorted(CONVERTERS))}")
-    parser.add_argument("source", help="directory laid out like the release, a single checkpoint file, or a Hub repo id")
+    parser.add_argument(
+        "source",
+        help="directory laid out like the release, a single checkpoint file, a Hub repo id of an original release "
+        "or a released variant name (e.g. titok-l32); Hub sources download only the files the converter reads",
+    )
     parser.add_argument("dest", help="output directory, loadable with AutoModel / AutoImageProcessor")
     parser.add_argument("--config", default=None, help="original config (json/yaml) when SOURCE is a single file")
     parser.add_argument(
@@ -58,25 +63,47 @@ def detect_architecture(source) -> list[str]:
 
 def convert(arch, source, dest, config=None, preset_overrides=None, dtype=None, push_to_hub=None, force=False, verify=True):
     """Python entry point of the CLI; returns the destination path."""
-    from .utils import ConversionError, resolve_source, save_conversion
+    from .utils import ConversionError, check_paths, resolve_source, save_conversion
 
     if arch not in CONVERTERS:
         raise ConversionError(f"unknown architecture {arch!r}; choose one of {sorted(CONVERTERS)}.")
-    source = resolve_source(source)
     module = importlib.import_module(f"..{CONVERTERS[arch]}", __package__)
-    try:
-        result = module.convert(source, config_file=config, presets_file=preset_overrides)
-    except ConversionError as error:
-        others = [name for name in detect_architecture(source) if name != arch]
-        if others:
-            raise ConversionError(f"{error}\nSOURCE looks like a {' / '.join(others)} checkpoint, not {arch}: try "
-                                  f"`vistok-convert {others[0]} ...`.") from error
-        raise
+    check_paths(source, dest, force)  # before any download
+    with resolve_source(arch, source, module) as local_source:
+        try:
+            result = module.convert(local_source, config_file=config, presets_file=preset_overrides)
+        except ConversionError as error:
+            others = [name for name in detect_architecture(local_source) if name != arch]
+            if others:
+                raise ConversionError(f"{error}\nSOURCE looks like a {' / '.join(others)} checkpoint, not {arch}: "
+                                      f"try `vistok-convert {others[0]} ...`.") from error
+            raise
     for note in result.notes:
         logger.warning("note: %s", note)
     return save_conversion(
         result, dest, dtype=dtype, force=force, push_to_hub=push_to_hub, verify=verify, source=source, arch=arch
     )
+
+
+def resolve_model(model: str) -> str:
+    """MODEL of ``vistok-eval`` / ``vistok-tokenize``: a local folder or Hub id of a vistok model is returned as is; a
+    released variant name (``titok-l32``, ``maetok-b-128``, ``flextok_d18_d28_in1k``) is converted once from its
+    original Hub release into ``$HF_HOME/vistok/converted/<variant>`` and that folder is returned."""
+    from huggingface_hub import constants
+
+    from .utils import variant_hub_ids
+
+    if Path(model).exists():
+        return model
+    for arch in CONVERTERS:
+        for name in variant_hub_ids(arch):
+            if name.lower().replace("-", "_") == model.lower().replace("-", "_"):
+                dest = Path(constants.HF_HOME) / "vistok" / "converted" / name
+                if not (dest / "config.json").is_file():
+                    logger.info("converting the released %s variant %s into %s", arch, name, dest)
+                    convert(arch, name, dest, force=True)
+                return str(dest)
+    return model
 
 
 def main(argv=None) -> int:

@@ -27,6 +27,7 @@ from ..processing.image_processing_flextok import FlexTokImageProcessor
 from .utils import (
     ConversionError,
     ConversionResult,
+    HubFiles,
     count_layers,
     find_checkpoint_file,
     load_checkpoint,
@@ -130,6 +131,24 @@ def _find_vae_folder(folder: Path, vae: dict) -> Path | None:
         if (candidate / "config.json").is_file():
             return candidate
     return None
+
+
+# what `vistok-convert flextok <Hub id or variant>` downloads: the tokenizer repo, with a bundled `vae/` folder when it
+# has one; otherwise the VAE repo that the config's `vae.hf_hub_path` names (HUB_LINKED_FILES of it)
+HUB_FILES = HubFiles(required=(("config.json",), ("model.safetensors",)), optional=("vae/*",))
+HUB_LINKED_FILES = HubFiles(required=(("config.json",), ("diffusion_pytorch_model.safetensors", "*.safetensors")))
+
+
+def hub_linked_repos(folder: Path) -> dict[str, str]:
+    """{path inside the release folder: Hub repo id} of the VAE when the downloaded release does not bundle it."""
+    try:
+        vae = load_config_file(folder / "config.json").get("vae") or {}
+    except ConversionError:
+        return {}
+    hub_path = vae.get("hf_hub_path") if isinstance(vae, dict) else None
+    if _find_vae_folder(folder, vae) is not None or not isinstance(hub_path, str) or hub_path.count("/") != 1:
+        return {}
+    return {hub_path: hub_path}
 
 
 def _infer_vae_config(vae_state: dict) -> dict:

@@ -37,7 +37,6 @@ from .utils import (
     read_checkpoint_shapes,
     rename_state_dict,
     require_shape,
-    resolve_source,
     split_fused_qkv,
 )
 
@@ -187,7 +186,7 @@ def _convert_shard(state_dict: dict[str, torch.Tensor]) -> tuple[dict, list, lis
 
 
 def convert(source, config_file=None, presets_file=None) -> ConversionResult:
-    source = resolve_source(source)
+    source = Path(source)
     if not source.is_dir():
         raise ConversionError(f"SOURCE must be a release directory (config.json + weights), got {source}.")
     original = load_config_file(config_file or source / "config.json")

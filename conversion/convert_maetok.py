@@ -22,6 +22,7 @@ from ..processing.image_processing_maetok import MAETokImageProcessor
 from .utils import (
     ConversionError,
     ConversionResult,
+    HubFiles,
     count_layers,
     find_checkpoint_file,
     get_preset,
@@ -229,6 +230,9 @@ def build_config(original: dict, state_dict: dict[str, torch.Tensor], presets: d
     except Exception as error:
         raise ConversionError(f"the checkpoint gives an invalid MAETokConfig: {error}") from error
     return config, notes
+
+# what `vistok-convert maetok <Hub id or variant>` downloads (PyTorchModelHubMixin layout)
+HUB_FILES = HubFiles(required=(("config.json",), ("model.safetensors", "pytorch_model.bin")))
 
 
 def looks_like(keys: set[str]) -> bool:

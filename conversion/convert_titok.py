@@ -20,6 +20,7 @@ from ..processing.image_processing_titok import TiTokImageProcessor
 from .utils import (
     ConversionError,
     ConversionResult,
+    HubFiles,
     config_disagreements,
     count_layers,
     find_checkpoint_file,
@@ -70,6 +71,12 @@ PIXEL_HEAD_MAPPING = [
 # training-only state: the clustering-VQ usage statistics of TA-TiTok
 DROPPED_KEYS = [r"quantize\.embed_prob"]
 # fmt: on
+
+# what `vistok-convert titok <Hub id or variant>` downloads: the PyTorchModelHubMixin config (or the training YAML)
+# and one weights file
+HUB_FILES = HubFiles(
+    required=(("config.json", "*.yaml"), ("model.safetensors", "pytorch_model.bin", "*.safetensors", "*.bin")),
+)
 
 
 def _read_source(source: Path, config_file) -> tuple[dict, dict]:

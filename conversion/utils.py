@@ -4,6 +4,7 @@ An architecture's converter (``convert_<arch>.py``) exposes ``convert(source, co
 ConversionResult``; ``vistok-convert`` (``__main__.py``) does the rest through ``save_conversion``.
 """
 
+import contextlib
 import gc
 import json
 import logging
@@ -541,29 +542,6 @@ def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], loaders: 
     return tokenizer_class.from_pretrained(folder, **kwargs)
 
 
-# files a converter may read from a Hub release; code files are never downloaded (nothing in a source is executed)
-SOURCE_FILE_PATTERNS = ["*.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.yaml", "*.yml",
-                        "*.model", "*.txt", "*.tiktoken", "*.jinja"]
-
-
-def resolve_source(source: str | Path) -> Path:
-    """``source`` as a local path; a Hub repo id (``org/name``, optionally ``org/name@revision``) that is not a local
-    path is downloaded with ``huggingface_hub.snapshot_download`` (weights, configs and tokenizer files only)."""
-    path = Path(source)
-    if path.exists():
-        return path
-    repo_id, _, revision = str(source).partition("@")
-    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo_id):
-        raise ConversionError(f"source {source} is neither a local file or folder nor a Hub repo id (org/name).")
-    from huggingface_hub import snapshot_download
-
-    logger.info("downloading %s from the Hub", source)
-    try:
-        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=SOURCE_FILE_PATTERNS))
-    except Exception as error:  # offline, missing repo, no access
-        raise ConversionError(f"could not download {source} from the Hub: {error}") from error
-
-
 def read_checkpoint_and_config(source: str | Path, config_file: str | Path | None = None) -> tuple[dict, dict]:
     """(state dict, original config) of a Hub-mixin style SOURCE: a folder with ``config.json`` next to its
     checkpoint, or a checkpoint file with ``config_file`` (default: the ``config.json`` beside it)."""
@@ -575,3 +553,124 @@ def read_checkpoint_and_config(source: str | Path, config_file: str | Path | Non
             raise ConversionError(f"no config.json next to {checkpoint}; pass the original config with --config.")
     logger.info("reading %s and %s", checkpoint, config_file)
     return load_checkpoint(checkpoint), load_config_file(config_file)
+
+
+# --------------------------------------------------------------------------------------------- sources on the Hub
+
+
+@dataclass(frozen=True)
+class HubFiles:
+    """The files of an original Hub release that a converter reads (each converter declares one as ``HUB_FILES``).
+
+    ``required``: groups of alternatives (``fnmatch`` patterns, preferred first); for each group the first pattern
+    that matches a file of the repo is downloaded (every file it matches), and a group that matches nothing fails
+    before anything is downloaded. ``optional``: patterns downloaded when the repo has them."""
+
+    required: tuple[tuple[str, ...], ...]
+    optional: tuple[str, ...] = ()
+
+    def select(self, repo_files: list[str], repo_id: str) -> list[str]:
+        from fnmatch import fnmatchcase
+
+        def matching(pattern):
+            return [name for name in repo_files if fnmatchcase(name, pattern)]
+
+        selected = []
+        for alternatives in self.required:
+            found = next((files for files in map(matching, alternatives) if files), None)
+            if found is None:
+                raise ConversionError(
+                    f"Hub repo {repo_id} has none of {list(alternatives)} (its files: {sorted(repo_files)}); is it "
+                    "an original release of this architecture?"
+                )
+            selected += found
+        for pattern in self.optional:
+            selected += matching(pattern)
+        return sorted(set(selected))
+
+
+#: what a converter without its own ``HUB_FILES`` reads of a release: weights, configs and tokenizer files; code files
+#: are never downloaded (nothing in a source is executed)
+DEFAULT_HUB_FILES = HubFiles(
+    required=(), optional=("*.json", "*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.yaml", "*.yml", "*.model",
+                           "*.txt", "*.tiktoken", "*.jinja"),
+)
+
+
+def variant_hub_ids(arch: str) -> dict[str, str]:
+    """Released variant name -> Hub repo id of the original release, from the config class of ``arch``'s system
+    (``TiTokConfig.variants``, ...). Empty for architectures without a variant table."""
+    from ..registry import SYSTEMS, resolve
+
+    for system in SYSTEMS:
+        if arch in system.converters:
+            variants = getattr(resolve(system.config), "variants", {})
+            return {name: entry["hub_id"] for name, entry in variants.items() if "hub_id" in entry}
+    return {}
+
+
+def _normalize_variant(name: str) -> str:
+    return name.lower().replace("-", "_")
+
+
+def hub_repo_id(arch: str, source: str) -> str | None:
+    """The Hub repo id that SOURCE names: a released variant of ``arch`` (``titok-l32`` or ``titok_l32``; a bare
+    ``l32`` after the architecture name works too) or ``namespace/name``; None for a local path."""
+    if Path(source).exists():
+        return None
+    table = {_normalize_variant(name): hub_id for name, hub_id in variant_hub_ids(arch).items()}
+    for candidate in (_normalize_variant(source), _normalize_variant(f"{arch}_{source}")):
+        if candidate in table:
+            return table[candidate]
+    parts = source.split("/")
+    if len(parts) == 2 and all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", part) for part in parts):
+        return source
+    known = ", ".join(sorted(variant_hub_ids(arch))) or "none"
+    raise ConversionError(
+        f"source {source!r} is not a local file or folder, a Hub repo id (namespace/name) or a released {arch} "
+        f"variant (known: {known})."
+    )
+
+
+def download_release(repo_id: str, hub_files: HubFiles, revision: str | None = None) -> Path:
+    """Downloads only the files ``hub_files`` selects from the Hub repo (with huggingface_hub's progress bars, into
+    its cache); returns the snapshot folder."""
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        repo_files = HfApi().list_repo_files(repo_id, revision=revision)
+    except (RepositoryNotFoundError, RevisionNotFoundError) as error:
+        raise ConversionError(f"Hub repo {repo_id} (revision {revision or 'main'}) was not found: {error}") from None
+    except HfHubHTTPError as error:
+        raise ConversionError(f"could not list the files of Hub repo {repo_id}: {error}") from None
+    allow_patterns = hub_files.select(repo_files, repo_id)
+    logger.info("downloading %s from %s", ", ".join(allow_patterns), repo_id)
+    return Path(snapshot_download(repo_id, revision=revision, allow_patterns=allow_patterns))
+
+
+@contextlib.contextmanager
+def resolve_source(arch: str, source: str | Path, converter=None):
+    """Context manager giving the local path to convert for SOURCE: SOURCE itself when it exists locally, else the
+    Hub release it names (a repo id or a released variant name, see ``hub_repo_id``) downloaded with only the files
+    the converter declares in ``HUB_FILES``. A converter whose release points to other repos (FlexTok's VAE) declares
+    ``hub_linked_repos(folder) -> {relative path: repo id}`` and ``HUB_LINKED_FILES``; those are downloaded too and
+    the result is a temporary folder that lays the snapshots out as a local copy of the release would be."""
+    repo_id = hub_repo_id(arch, str(source))
+    if repo_id is None:
+        yield Path(source)
+        return
+    folder = download_release(repo_id, getattr(converter, "HUB_FILES", DEFAULT_HUB_FILES))
+    linked_repos = getattr(converter, "hub_linked_repos", lambda _: {})(folder)
+    if not linked_repos:
+        yield folder
+        return
+    with tempfile.TemporaryDirectory(prefix="vistok-convert-") as staging:
+        staging = Path(staging)
+        for entry in folder.iterdir():
+            (staging / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+        for relative, linked_id in linked_repos.items():
+            link = staging / relative
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(download_release(linked_id, converter.HUB_LINKED_FILES), target_is_directory=True)
+        yield staging
