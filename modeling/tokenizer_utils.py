@@ -209,8 +209,8 @@ class VisualTokenizerMixin:
         expected = self.layout.image_size
         if expected is not None and (height, width) != tuple(expected):
             raise ValueError(
-                f"pixel_values must be {expected[0]}x{expected[1]} (height x width), got {height}x{width}; resize "
-                "and crop with the model's image processor."
+                f"pixel_values must be {expected[0]}x{expected[1]} images, got {height}x{width}; resize and crop "
+                "with the model's image processor."
             )
 
     def validate_pixel_values(self, pixel_values) -> None:

@@ -65,9 +65,15 @@ def test_latents_are_checked(tester, model_and_encoding):
     latents[2, 0, 0] = float("nan")
     with pytest.raises(ValueError, match=re.escape("latents holds non-finite values (NaN) in batch item(s) [2]")):
         model.decode(latents, **kwargs)
-    width = encoded.latents.shape[-1]
-    wider = torch.cat([encoded.latents, encoded.latents[..., :1]], dim=-1)
-    with pytest.raises(ValueError, match=f"latents must have {width} channels in their last dimension, got {width + 1}"):
+    if model.layout.tokens == "1d":
+        width = encoded.latents.shape[-1]
+        wider = torch.cat([encoded.latents, encoded.latents[..., :1]], dim=-1)
+        message = f"latents must have {width} channels in their last dimension, got {width + 1}"
+    else:  # grid latents carry their channels in dimension -3 ([B, D, h, w] / [B, t, D, h, w])
+        width = encoded.latents.shape[-3]
+        wider = torch.cat([encoded.latents, encoded.latents[..., :1, :, :]], dim=-3)
+        message = f"channels in dimension {encoded.latents.ndim - 3}, got {width + 1}"
+    with pytest.raises(ValueError, match=re.escape(message)):
         model.decode(wider, **kwargs)
 
 
@@ -93,7 +99,7 @@ def test_layout_describes_the_model(tester, model_and_encoding):
     model, encoded = model_and_encoding
     layout = model.layout
     assert layout.num_channels == tester.input_shape[-3]  # (C, H, W) or (T, C, H, W)
-    assert layout.latent_dim == encoded.latents.shape[-1]
+    assert layout.latent_dim == (encoded.latents.shape[-1] if layout.tokens == "1d" else None)
     assert (layout.vocab_size is not None) == (encoded.tokens is not None)
     if layout.tokens == "1d":
         count = layout.num_tokens or layout.max_tokens

@@ -51,8 +51,10 @@ def test_return_dict_false_returns_the_fields_in_order(name):
 def test_error_messages_name_expected_and_actual_values():
     tester = _tester("titok-vq-odd")
     model = tester.make_model()
-    with pytest.raises(ValueError, match=r"^pixel_values must be 40x40 images, got 40x41; resize"):
-        model.encode(torch.zeros(1, 3, 40, 41))
+    # 40x41 is accepted (the patch conv drops the extra column, as in the original); 40x48 gives 5x6 patches
+    with pytest.raises(ValueError, match=r"^pixel_values of size 40x48 \(height x width\) give 5x6 patches of 8 px; .* "
+                                         r"exactly 25 \(5x5\)"):
+        model.encode(torch.zeros(1, 3, 40, 48))
     with pytest.raises(ValueError, match=r"^pixel_values must have 3 channels in dimension 1, got 1 \(shape \(2, 1, 40, 40\)\)"):
         model.encode(torch.zeros(2, 1, 40, 40))
     with pytest.raises(ValueError, match=r"^pixel_values must have shape \[batch, channels, height, width\], got \(3, 40, 40\)"):
