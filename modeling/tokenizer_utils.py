@@ -201,6 +201,11 @@ class VisualTokenizerMixin:
         return self.layout.num_tokens
 
     @property
+    def expected_image_size(self) -> tuple[int, int] | None:
+        """The (height, width) every input must have, or None when the model accepts several sizes."""
+        return self.layout.image_size
+
+    @property
     def vocab_size(self) -> int | None:
         return self.layout.vocab_size
 
@@ -229,7 +234,7 @@ class VisualTokenizerMixin:
         channels = pixel_values.shape[-3]
         if channels != layout.num_channels:
             raise ValueError(
-                f"pixel_values must have {layout.num_channels} channels (dimension {pixel_values.ndim - 3}), got "
+                f"pixel_values must have {layout.num_channels} channels in dimension {pixel_values.ndim - 3}, got "
                 f"{channels} (shape {tuple(pixel_values.shape)}); channels-last input must be permuted first."
             )
         self.validate_input_size(pixel_values.shape[-2], pixel_values.shape[-1])
@@ -245,7 +250,7 @@ class VisualTokenizerMixin:
             raise ValueError(f"tokens must have shape {shapes}, got {tuple(tokens.shape)}.")
         _check_batch(tokens, "tokens")
         if layout.tokens == "1d":
-            self._check_token_count(tokens.shape[1], "tokens", tuple(tokens.shape))
+            self._check_token_count(tokens.shape[1], f"tokens per {layout.item}", tuple(tokens.shape))
         vocab = layout.vocab_size
         if not tokens.is_meta:
             low, high = int(tokens.min()), int(tokens.max())
@@ -256,11 +261,11 @@ class VisualTokenizerMixin:
     def _check_token_count(self, count: int, name: str, shape: tuple) -> None:
         layout = self.layout
         if layout.num_tokens is not None and count != layout.num_tokens:
-            raise ValueError(f"expected {layout.num_tokens} {name} per {layout.item}, got {count} (shape {shape}).")
+            raise ValueError(f"expected {layout.num_tokens} {name}, got {count} (shape {shape}).")
         maximum = layout.max_tokens or layout.num_tokens
         if layout.num_tokens is None and maximum is not None and not 1 <= count <= maximum:
-            raise ValueError(f"{type(self).__name__} takes 1 to {maximum} {name} per {layout.item} (any prefix), "
-                             f"got {count} (shape {shape}).")
+            raise ValueError(f"{type(self).__name__} takes 1 to {maximum} tokens per {layout.item} (any prefix), "
+                             f"got {count} {name.split(' per ')[0]} (shape {shape}).")
 
     def validate_latents(self, latents: torch.Tensor) -> None:
         layout = self.layout
