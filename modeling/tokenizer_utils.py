@@ -299,8 +299,8 @@ class VisualTokenizerMixin:
             return tokens_or_latents
         if self.vocab_size is None:
             raise ValueError(
-                f"{type(self).__name__} is a continuous tokenizer: decode takes float latents, got a tensor of dtype "
-                f"{tokens_or_latents.dtype}."
+                f"{type(self).__name__} is a continuous tokenizer: decode takes float latents, got integer tensor of "
+                f"dtype {tokens_or_latents.dtype}."
             )
         return self.tokens_to_latents(self.validate_tokens(tokens_or_latents))
 
