@@ -196,7 +196,7 @@ def test_short_clips_and_num_frames():
     for frames in (0, 3, 10):
         with pytest.raises(ValueError, match=rf"multiple of 2 frames between 2 and 8, got {frames} frames"):
             model.decode(tokens, num_frames=frames)
-    with pytest.raises(ValueError, match=r"3 channels \(dimension 2\), got 8"):
+    with pytest.raises(ValueError, match=r"3 channels in dimension 2, got 8"):
         model.encode(clip.transpose(1, 2))
 
 
