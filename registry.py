@@ -5,7 +5,7 @@ Adding a system is one `System` entry in `SYSTEMS` (and, for a new task, one `Pi
 ```python
 System(
     "titok",
-    config="modeling.configuration_titok:TiTokConfig",           # "transformers:Emu3Config" for a transformers class
+    config="modeling.configuration_titok:TiTokConfig",           # or the defining module of a transformers config
     models={"AutoModel": "modeling.modeling_titok:TiTokModel"},  # Auto class name -> model class
     image_processors={"torchvision": "processing.image_processing_titok:TiTokImageProcessor", "pil": ...},
     converters={"titok": "conversion.convert_titok"},          # vistok-convert ARCH -> converter module
@@ -14,13 +14,14 @@ System(
 ```
 
 Paths are ``"module:attribute"`` relative to the ``vistok`` package, or absolute for a transformers class
-(``"transformers.models.emu3.configuration_emu3:Emu3Config"``: the module that defines it). A vistok config's
-``model_type`` is its system's ``name`` (a test checks this); a system built on a transformers class names its
-converter instead. Nothing is
-imported here: ``import vistok`` records the entries in transformers' Auto mappings as import paths, and a class is
-imported the first time transformers asks for it (``AutoModel.from_pretrained`` of that model type, say). This
-keeps ``import vistok`` and the CLIs' ``--help`` about as cheap as ``import transformers``, and heavy dependencies
-(diffusers for FlexTok's VAE, PyAV, datasets) are imported only by the code that uses them.
+(``"transformers.models.emu3.configuration_emu3:Emu3VQVAEConfig"``: the module that defines it). A system's ``name`` is
+its config's ``model_type`` (a test checks this); systems built on transformers' classes (Emu3's tokenizer, InternVL,
+VideoLLaMA3) use transformers' own model type and never register a second one.
+
+Nothing is imported here: ``import vistok`` records the entries in transformers' Auto mappings as import paths (hooks
+that run when transformers imports those mappings), and a class is imported the first time transformers asks for it
+(``AutoModel.from_pretrained`` of that model type, say). So ``import vistok`` imports neither torch nor transformers,
+and heavy dependencies (diffusers for FlexTok's VAE, PyAV, datasets) are imported only by the code that uses them.
 """
 
 import importlib
