@@ -510,10 +510,8 @@ def llm_config_fields(llm: dict) -> dict:
 
 
 def require_shape(shapes: dict, key: str, release: str) -> tuple[int, ...]:
-    """Shape of ``key`` from ``read_checkpoint_shapes`` output; a ``ConversionError`` naming ``release`` if absent."""
-    if key not in shapes:
-        raise ConversionError(f"the checkpoint has no {key!r}; is this a {release} release?")
-    return shapes[key][0]
+    """Shape of ``key`` from ``read_checkpoint_shapes`` output (the ``require_tensor`` error if absent)."""
+    return require_tensor(shapes, key, release)[0]
 
 
 def load_release_tokenizer(folder: Path, named_tokens: dict[str, str], loaders: dict | None = None):
