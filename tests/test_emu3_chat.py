@@ -159,6 +159,34 @@ def test_image_layout_agrees_with_emu3_token_layout(loaded):
     assert torch.equal(layout.codes_from_ids(torch.tensor(image_ids), *codes.shape), codes)
 
 
+def test_image_generation_helpers_on_the_converted_model(loaded):
+    """`generate_vision_codes` with the converted vocabulary's ids equals a hand-written constrained greedy loop
+    (full forwards: the best visual token, EOL after each row, EOF and <|image end|> at the end); the codes decode."""
+    from vistok import Emu3VisionTokenizer
+    from vistok.modeling.generation_emu3 import generate_vision_codes
+
+    model, processor = loaded
+    layout = Emu3TokenLayout.from_vocabulary(processor.tokenizer.get_vocab())
+    assert (layout.visual_token_offset, layout.codebook_size) == (547, 64)  # 336 BPE + 208 special + 3 image tokens
+    height, width = 2, 3
+    prompt = processor.tokenizer(layout.generation_prompt("a red square", height, width), add_special_tokens=False,
+                                 return_tensors="pt").input_ids[0]
+    codes = generate_vision_codes(model, [prompt], height=height, width=width, layout=layout)
+
+    sequence, expected = prompt[None], []
+    with torch.no_grad():
+        for _ in range(height):
+            for _ in range(width):
+                logits = model(input_ids=sequence).logits[0, -1]
+                visual = logits[layout.visual_token_offset:layout.visual_token_offset + layout.codebook_size]
+                expected.append(int(visual.argmax()))
+                sequence = torch.cat([sequence, torch.tensor([[layout.visual_token_offset + expected[-1]]])], 1)
+            sequence = torch.cat([sequence, torch.tensor([[layout.eol_token_id]])], 1)
+    assert codes.tolist() == [torch.tensor(expected).view(height, width).tolist()]
+    pixels = Emu3VisionTokenizer.from_vqvae(model.model.vqmodel).decode(codes).reconstruction
+    assert pixels.shape == (1, 3, 8 * height, 8 * width) and torch.isfinite(pixels).all()
+
+
 def test_vision_tokenizer_sources(vision_tokenizer, tmp_path):
     release = tmp_path / "release"
     release.mkdir()
