@@ -187,6 +187,43 @@ def test_image_generation_helpers_on_the_converted_model(loaded):
     assert pixels.shape == (1, 3, 8 * height, 8 * width) and torch.isfinite(pixels).all()
 
 
+def test_lora_on_the_llm_with_the_vision_tokenizer_kept_in_eval(converted, tmp_path):
+    """The documented fine-tuning recipe: LoRA on the "llm" part, `model.model.vqmodel.eval()` after `train()` (else
+    transformers' Emu3 updates the VQ's BatchNorm3d statistics); the adapter then reloads to the same logits."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from vistok.modeling.lora import get_lora_target_modules
+
+    model = AutoModelForImageTextToText.from_pretrained(converted)
+    processor = AutoProcessor.from_pretrained(converted)
+    inputs = chat_inputs(processor, 0)
+    targets = get_lora_target_modules(model, "llm")
+    assert targets and all(name.startswith("model.text_model.") for name in targets)
+    with pytest.raises(ValueError, match=r"has no \['vision'\] part"):
+        get_lora_target_modules(model, "vision")
+    vq_state = {k: v.clone() for k, v in model.model.vqmodel.state_dict().items()}
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
+    peft_model.train()
+    model.model.vqmodel.eval()
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    losses = []
+    for _ in range(4):
+        loss = peft_model(**inputs, labels=inputs["input_ids"]).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+    assert all(torch.equal(v, vq_state[k]) for k, v in model.model.vqmodel.state_dict().items())
+    peft_model.eval()
+    with torch.no_grad():
+        adapted = peft_model(**inputs).logits
+    peft_model.save_pretrained(tmp_path)
+    reloaded = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(converted), tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, adapted, atol=1e-6, rtol=0)
+
+
 def test_vision_tokenizer_sources(vision_tokenizer, tmp_path):
     release = tmp_path / "release"
     release.mkdir()
