@@ -75,9 +75,9 @@ NAMED_TOKENS = {
     "eoi_token": ("<|image end|>", "eoi_token"), "eol_token": ("<|extra_200|>", "eol_token"),
     "eof_token": ("<|extra_201|>", "eof_token"),
 }
-# original config.json id fields, checked against the tokenizer
+# original config.json id field -> the converted tokenizer's attribute naming that token
 TOKEN_ID_FIELDS = {"pad_token_id": "pad_token", "bos_token_id": "bos_token", "eos_token_id": "eos_token",
-                   "img_token_id": "img_token", "boi_token_id": "boi_token", "eoi_token_id": "eoi_token",
+                   "img_token_id": "image_wrapper_token", "boi_token_id": "boi_token", "eoi_token_id": "eoi_token",
                    "eol_token_id": "eol_token", "eof_token_id": "eof_token"}
 VISUAL_TOKEN_PREFIX = "<|visual token "
 RELEASE = "Emu3 AR (Emu3ForCausalLM)"
@@ -206,8 +206,8 @@ def text_config(original: dict, shapes: dict, tokenizer) -> dict:
     if original.get("rope_scaling"):
         raise ConversionError(f"rope_scaling={original['rope_scaling']} is not part of any Emu3 release; refusing "
                               "to guess how transformers' Emu3 should apply it.")
-    fields = llm_config_fields(original)
-    fields.pop("use_sliding_window", None)
+    fields = {k: v for k, v in llm_config_fields(original).items()
+              if k not in ("use_sliding_window", "sliding_window", "max_window_layers")}  # not Emu3TextConfig fields
     return fields | {
         "vocab_size": vocab, "hidden_size": hidden, "num_attention_heads": heads, "num_key_value_heads": kv_heads,
         "intermediate_size": require_shape(shapes, "model.layers.0.mlp.gate_proj.weight", RELEASE)[0],
@@ -220,13 +220,11 @@ def text_config(original: dict, shapes: dict, tokenizer) -> dict:
 
 def check_token_ids(original: dict, tokenizer) -> None:
     """The ids config.json declares must be the tokenizer's (they are the same vocabulary)."""
-    config_file = {"img_token": "image_wrapper_token"}
     wrong = []
-    for field, token in TOKEN_ID_FIELDS.items():
-        attribute = config_file.get(token, token)
-        expected = tokenizer.convert_tokens_to_ids(getattr(tokenizer, attribute))
-        if field in original and original[field] != expected:
-            wrong.append(f"{field}={original[field]} but {getattr(tokenizer, attribute)} is {expected}")
+    for field, attribute in TOKEN_ID_FIELDS.items():
+        token = getattr(tokenizer, attribute)
+        if field in original and original[field] != tokenizer.convert_tokens_to_ids(token):
+            wrong.append(f"{field}={original[field]} but {token} is {tokenizer.convert_tokens_to_ids(token)}")
     if wrong:
         raise ConversionError("config.json and the tokenizer disagree: " + "; ".join(wrong))
 
