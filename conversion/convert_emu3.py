@@ -91,6 +91,9 @@ LLM_MAPPING = [
     (r"lm_head\.weight",                                                            r"lm_head.weight"),
 ]
 # fmt: on
+# RoPE tables: non-persistent in the original code, but present in checkpoints saved with buffers; transformers
+# recomputes them
+DROPPED = [r"model\.layers\.\d+\.self_attn\.rotary_emb\.(inv_freq|cos_cached|sin_cached)"]
 VQ_PREFIX = "model.vqmodel."
 
 
@@ -234,7 +237,7 @@ def shard_converter(vq_keys: set):
     `vistok-convert emu3-vq` maps them, under `model.vqmodel.`."""
     def convert_shard(state_dict: dict) -> tuple[dict, list, list]:
         vq = {k: state_dict.pop(k) for k in list(state_dict) if k in vq_keys}
-        converted, unmapped, dropped = rename_state_dict(state_dict, LLM_MAPPING)
+        converted, unmapped, dropped = rename_state_dict(state_dict, LLM_MAPPING, DROPPED)
         if vq:
             vq_converted, vq_unmapped = convert_vq_state_dict(vq)
             converted |= {VQ_PREFIX + k: v for k, v in vq_converted.items()}

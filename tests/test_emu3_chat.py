@@ -273,6 +273,14 @@ def test_conversion_errors(vision_tokenizer, tmp_path):
     (release / "config.json").write_text(json.dumps(config | {"eos_token_id": config["bos_token_id"]}))
     with pytest.raises(ConversionError, match=f"eos_token_id={config['bos_token_id']} but <\\|extra_204\\|> is"):
         convert_api("emu3", release, tmp_path / "d", vision_tokenizer=vision_tokenizer)
+    (release / "config.json").write_text(json.dumps(config))
+    shard = release / "model-00002-of-00002.safetensors"
+    save_file(load_file(shard) | {"model.value_head.weight": torch.zeros(1, 32)}, str(shard))
+    index = json.loads((release / "model.safetensors.index.json").read_text())
+    index["weight_map"]["model.value_head.weight"] = shard.name
+    (release / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ConversionError, match=r"source tensors with no mapping: \['model.value_head.weight'\]"):
+        convert_api("emu3", release, tmp_path / "d2", vision_tokenizer=vision_tokenizer)
     (release / "config.json").write_text(json.dumps(config | {"model_type": "emu3"}))
     with pytest.raises(ConversionError, match="already a transformers Emu3 checkpoint"):
         convert_api("emu3", release, tmp_path / "e", vision_tokenizer=vision_tokenizer)
