@@ -180,6 +180,11 @@ SYSTEMS = (
         config="transformers.models.video_llama_3.configuration_video_llama_3:VideoLlama3Config",
         converters={"videollama3": "conversion.convert_videollama3"},
     ),
+    System(
+        "emu3",
+        config="transformers.models.emu3.configuration_emu3:Emu3Config",
+        converters={"emu3": "conversion.convert_emu3"},
+    ),
 )
 
 PIPELINES = (

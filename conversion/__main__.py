@@ -2,6 +2,7 @@
 
 import argparse
 import importlib
+import inspect
 import logging
 import sys
 from pathlib import Path
@@ -32,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset-overrides", default=None, help='JSON {"<preset>": {"hidden_size": .., ...}} for unknown presets'
     )
+    parser.add_argument(
+        "--vision-tokenizer", default=None, metavar="PATH_OR_REPO",
+        help="emu3: the vision tokenizer release (folder or Hub id; default SOURCE/vision_tokenizer, else "
+        "BAAI/Emu3-VisionTokenizer)",
+    )
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"], help="weights dtype")
     parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="also push the result to this Hub repo")
     parser.add_argument("--force", action="store_true", help="overwrite a non-empty DEST")
@@ -61,17 +67,24 @@ def detect_architecture(source) -> list[str]:
     return found
 
 
-def convert(arch, source, dest, config=None, preset_overrides=None, dtype=None, push_to_hub=None, force=False, verify=True):
-    """Python entry point of the CLI; returns the destination path."""
+def convert(arch, source, dest, config=None, preset_overrides=None, dtype=None, push_to_hub=None, force=False, verify=True,
+            vision_tokenizer=None):
+    """Python entry point of the CLI; returns the destination path. ``vision_tokenizer``: for converters that read a
+    second release (Emu3's AR model and its vision tokenizer)."""
     from .utils import ConversionError, check_paths, resolve_source, save_conversion
 
     if arch not in CONVERTERS:
         raise ConversionError(f"unknown architecture {arch!r}; choose one of {sorted(CONVERTERS)}.")
     module = importlib.import_module(f"..{CONVERTERS[arch]}", __package__)
+    options = {}
+    if vision_tokenizer is not None:
+        if "vision_tokenizer" not in inspect.signature(module.convert).parameters:
+            raise ConversionError(f"--vision-tokenizer does not apply to {arch}.")
+        options["vision_tokenizer"] = vision_tokenizer
     check_paths(source, dest, force)  # before any download
     with resolve_source(arch, source, module) as local_source:
         try:
-            result = module.convert(local_source, config_file=config, presets_file=preset_overrides)
+            result = module.convert(local_source, config_file=config, presets_file=preset_overrides, **options)
         except ConversionError as error:
             others = [name for name in detect_architecture(local_source) if name != arch]
             if others:
@@ -128,6 +141,7 @@ def main(argv=None) -> int:
             push_to_hub=args.push_to_hub,
             force=args.force,
             verify=not args.no_verify,
+            vision_tokenizer=args.vision_tokenizer,
         )
     except ConversionError as error:
         print(f"vistok-convert: error: {error}", file=sys.stderr)

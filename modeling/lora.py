@@ -20,6 +20,9 @@ LORA_PARTS_BY_MODEL_TYPE = {
     "internvl": {"llm": "model.language_model", "vision": "model.vision_tower",
                  "projector": "model.multi_modal_projector"},
     "video_llama_3": {"llm": "model.language_model", "vision": "model.vision_model", "projector": "model.projector"},
+    # Emu3's vision tokenizer (model.vqmodel) turns images into codes by an argmin: no gradient reaches it, so it has
+    # no LoRA part; images enter through the LLM's own token embeddings
+    "emu3": {"llm": "model.text_model"},
 }
 
 # layer types peft's LoRA can wrap

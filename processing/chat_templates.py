@@ -72,3 +72,27 @@ LLAVA_MINI_CHAT_TEMPLATE = (
     "{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{%- endif %}"
 )
+
+
+# Emu3-Chat: the single-turn prompt of the original processor (`mode="U"`), "You are a helpful assistant. USER:
+# {images}{text}. ASSISTANT:", with `<image>` for each image (Emu3Processor expands it to the image's layout;
+# Emu3Processor adds the bos token itself). A system message replaces the default one; earlier assistant turns end
+# with the eos token `<|extra_204|>` (the release shows no multi-turn format: this is vistok's choice).
+EMU3_SYSTEM_MESSAGE = "You are a helpful assistant."
+EMU3_CHAT_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{%- if messages[0]['content'] is string %}{{- messages[0]['content'] }}"
+    "{%- else %}{{- messages[0]['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') }}"
+    "{%- endif %}{%- set messages = messages[1:] %}"
+    "{%- else %}{{- '" + EMU3_SYSTEM_MESSAGE + "' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message['role'] == 'user' %}{{- ' USER: ' }}{%- else %}{{- ' ASSISTANT: ' }}{%- endif %}"
+    "{%- if message['content'] is string %}{{- message['content'] }}"
+    "{%- else %}{%- for item in message['content'] %}"
+    "{%- if item['type'] == 'image' %}{{- '<image>' }}"
+    "{%- elif item['type'] == 'text' %}{{- item['text'] }}{%- endif %}"
+    "{%- endfor %}{%- endif %}"
+    "{%- if message['role'] == 'user' %}{{- '.' }}{%- else %}{{- '<|extra_204|>' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- ' ASSISTANT:' }}{%- endif %}"
+)

@@ -215,7 +215,9 @@ def test_gradient_checkpointing_same_loss_and_gradients(tester):
     loss_ckpt, grads_ckpt = loss_and_grads(True)
     assert torch.allclose(loss, loss_ckpt, atol=1e-6)
     assert grads.keys() == grads_ckpt.keys()
-    assert any(name.startswith(get_lora_parts(tester.make_model())["vision"][0]) for name in grads)
+    vision = get_lora_parts(tester.make_model()).get("vision")
+    if vision:  # a trainable vision part gets gradients (Emu3's VQ has none: its codes come from an argmin)
+        assert any(name.startswith(vision[0]) for name in grads)
     for name in grads:
         assert torch.allclose(grads[name], grads_ckpt[name], atol=1e-5), name
 
@@ -414,4 +416,4 @@ def test_wrong_pixel_size_raises_value_error(tester):
 
 
 def test_testers_cover_the_multimodal_models():
-    assert {"internvl", "video_llama_3"} <= {t.get_config().model_type for t in TESTERS}
+    assert {"internvl", "video_llama_3", "emu3"} <= {t.get_config().model_type for t in TESTERS}

@@ -29,7 +29,8 @@ Optional overrides (defaults in brackets):
 * ``lora_parts`` [("llm", "vision")]: parts LoRA is tried on. ``vistok.modeling.lora.get_lora_target_modules`` finds
   them from the model's class attribute ``_lora_parts = {"llm": "model.language_model", "vision": "model.vision_tower",
   "projector": "model.multi_modal_projector"}`` (module-name prefixes; transformers' classes are declared in
-  ``vistok/modeling/lora.py``); the gradient-checkpointing check also expects a ``"vision"`` part;
+  ``vistok/modeling/lora.py``); the gradient-checkpointing check also expects gradients in the ``"vision"`` part
+  when the model declares one (Emu3 declares none: its VQ's codes come from an argmin);
 * ``atol`` [1e-4]: tolerance of the exact-equality checks (batch vs single, save/load is always exact);
 * ``make_audio(seed)``: one waveform (what the processor's ``audio=`` accepts), when ``supports_audio``; the audio
   check builds a prompt with one ``{"type": "audio"}`` part, compares ``generate()`` with a greedy loop and a batch
