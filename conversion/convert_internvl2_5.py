@@ -1,5 +1,6 @@
 """Convert released InternVL2.5 checkpoints (OpenGVLab/InternVL2_5-*, ``model_type: internvl_chat``) into
-transformers' own ``InternVLForConditionalGeneration`` (``model_type: internvl``); vistok adds no model class.
+transformers' own ``InternVLForConditionalGeneration`` (``model_type: internvl``): the written folder needs no vistok
+(vistok's same-name subclass only adds input checks).
 
 Accepted SOURCE: a folder laid out like the hub repos: ``config.json`` and ``model.safetensors`` or sharded
 ``model-0000x-of-0000y.safetensors`` + ``model.safetensors.index.json`` (converted shard by shard), optional

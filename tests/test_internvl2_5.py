@@ -311,3 +311,92 @@ def test_internvit_6b_flavour_rmsnorm_qk_norm_no_bias(parity_root, tmp_path):
     with torch.no_grad():
         logits = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"]).logits
     assert torch.isfinite(logits).all() and not torch.allclose(logits, io["logits"], atol=1e-3)  # the tower changed
+
+
+# -- vistok's checking subclasses (modeling/modeling_internvl.py) ------------------------------------------------------
+def tiny_internvl():
+    """The shared tiny InternVL tester's config / processor (16 px tiles, patch 4, 4 tokens per tile)."""
+    from mm_testers.internvl import TESTERS
+
+    return TESTERS[0]
+
+
+def tile_inputs(config, tile: int, num_tiles: int = 3) -> dict:
+    """Tiles of side ``tile`` and, around them, as many placeholders as they give tokens:
+    ``(tile // patch_size * downsample_ratio) ** 2`` per tile (written out, not read from the model)."""
+    tokens_per_tile = int(tile // config.vision_config.patch_size[0] * config.downsample_ratio) ** 2
+    input_ids = torch.tensor([[5, 6, *[config.image_token_id] * (tokens_per_tile * num_tiles), 7, 8]])
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "pixel_values": torch.randn(num_tiles, 3, tile, tile, generator=torch.Generator().manual_seed(tile))}
+
+
+def test_checked_classes_compute_what_transformers_computes():
+    """Same weights -> the same logits as transformers' own classes, bit for bit, on the processor's tiles and on other
+    square tiles that transformers and the original accept (32 px: interpolated position embeddings, 16 tokens per
+    tile; 17 px: the patch conv drops the last pixel row and column)."""
+    from transformers import InternVLModel as PlainModel
+
+    from mm_testers import with_the_same_weights
+    from vistok.modeling.modeling_internvl import InternVLForConditionalGeneration as Checked
+    from vistok.modeling.modeling_internvl import InternVLModel as CheckedModel
+
+    tester = tiny_internvl()
+    config = tester.get_config()
+    checked, plain = with_the_same_weights(Checked, InternVLForConditionalGeneration, config)
+    assert isinstance(checked.model, CheckedModel)
+    processed = tester.example_inputs(tester.get_processor(), num_images=2)
+    with torch.no_grad():
+        for inputs in (processed, tile_inputs(config, 32), tile_inputs(config, 17)):
+            assert torch.equal(checked(**inputs).logits, plain(**inputs).logits)
+        checked_base, plain_base = with_the_same_weights(CheckedModel, PlainModel, config)
+        assert torch.equal(checked_base(**processed).last_hidden_state, plain_base(**processed).last_hidden_state)
+
+
+@pytest.mark.parametrize("shape, grid", [
+    ((3, 3, 16, 14), "a 4 x 3 patch grid"),   # transformers: RuntimeError from a reshape
+    ((3, 3, 8, 32), "a 2 x 8 patch grid"),    # 16 tokens reshape into 4 x 4: transformers silently scrambles the rows
+    ((3, 3, 12, 12), "a 3 x 3 patch grid"),   # the pixel shuffle halves the side: 1.5 is not a whole number
+    ((3, 3, 2, 2), "a 0 x 0 patch grid"),
+])
+def test_tiles_of_a_wrong_size_raise_a_value_error_naming_expected_and_got(shape, grid):
+    tester = tiny_internvl()
+    model = AutoModelForImageTextToText.from_config(tester.get_config()).eval()
+    inputs = tile_inputs(model.config, 16) | {"pixel_values": torch.zeros(shape)}
+    for call in (lambda: model(**inputs), lambda: model.get_image_features(pixel_values=inputs["pixel_values"]),
+                 lambda: model.model(**inputs)):
+        with pytest.raises(ValueError) as error:
+            call()
+        message = str(error.value)
+        assert "[num_tiles, 3, 16, 16]" in message and f"got shape {shape}: {grid}" in message, message
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (3, 4, 16, 16), (1, 3, 3, 16, 16)])
+def test_pixel_values_that_are_not_rgb_tiles_raise_a_value_error(shape):
+    model = AutoModelForImageTextToText.from_config(tiny_internvl().get_config()).eval()
+    with pytest.raises(ValueError) as error:
+        model.get_image_features(pixel_values=torch.zeros(shape))
+    assert "[num_tiles, 3, 16, 16]" in str(error.value) and f"got shape {shape}." in str(error.value)
+
+
+def test_tile_count_and_placeholders_disagree_names_the_tiles():
+    model = AutoModelForImageTextToText.from_config(tiny_internvl().get_config()).eval()
+    inputs = tile_inputs(model.config, 16, num_tiles=3)  # 3 tiles x 4 tokens = 12 placeholders
+    inputs["pixel_values"] = inputs["pixel_values"][:2]
+    with pytest.raises(ValueError) as error:
+        model(**inputs)
+    assert "tokens: 12, features: 8" in str(error.value)
+    assert "2 tiles x 4 tokens per tile = 8 image features" in str(error.value)
+
+
+def test_saved_checkpoint_is_transformers_own_and_loads_without_vistok(tmp_path):
+    from mm_testers import assert_saves_like_transformers
+
+    tester = tiny_internvl()
+    model = AutoModelForImageTextToText.from_config(tester.get_config()).eval()
+    inputs = dict(tester.example_inputs(tester.get_processor(), num_images=1))
+    assert_saves_like_transformers(model, InternVLForConditionalGeneration, inputs, tmp_path)
+    # transformers' class saves the v4 key layout, which the subclass (as transformers' own code) loads
+    assert any(k.startswith("language_model.model.") for k in load_file(str(tmp_path / "saved/model.safetensors")))
+    reloaded, info = AutoModelForImageTextToText.from_pretrained(tmp_path / "plain", output_loading_info=True)
+    assert all(not v for v in info.values()), info
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in reloaded.state_dict().items())

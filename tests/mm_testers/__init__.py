@@ -48,7 +48,8 @@ Optional overrides (defaults in brackets):
   ``reload_processor(path)``, which may also be overridden.
 
 Module helpers: ``make_tiny_tokenizer``, ``make_char_tokenizer`` (exact vocabulary size, for converted tiny
-checkpoints), ``write_video`` / ``read_video`` (PyAV).
+checkpoints), ``write_video`` / ``read_video`` (PyAV); for vistok's subclasses of transformers' classes
+``with_the_same_weights`` and ``assert_saves_like_transformers`` (transformers' files, which plain transformers runs).
 
 Helpers every tester gets: ``make_model(seed)``, ``make_images(n, seed)`` (PIL), ``make_video(num_frames, seed)``
 (uint8 (T, H, W, 3) with some static and some moving content), ``example_inputs(processor, num_images)``.
@@ -144,6 +145,66 @@ def answer_by_hand(model, processor, messages: list, max_new_tokens: int, **medi
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+_LOAD_WITHOUT_VISTOK = """
+import json, sys
+import torch, transformers
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText
+
+checkpoint, work = sys.argv[1], sys.argv[2]
+architecture = json.load(open(checkpoint + "/config.json"))["architectures"][0]
+inputs = load_file(work + "/inputs.safetensors")
+models = {"named": getattr(transformers, architecture).from_pretrained(checkpoint).eval(),
+          "auto": AutoModelForImageTextToText.from_pretrained(checkpoint).eval()}
+with torch.no_grad():
+    save_file({name: model(**inputs).logits for name, model in models.items()}, work + "/logits.safetensors")
+print(json.dumps({"modules": [type(m).__module__ for m in models.values()], "vistok": "vistok" in sys.modules}))
+"""
+
+
+def with_the_same_weights(checked_class, transformers_class, config):
+    """vistok's subclass of a transformers model class and that class, built from ``config`` with the same weights (the
+    subclass loads the other's state dict: the parameter names must agree), both in eval mode."""
+    torch.manual_seed(0)
+    plain = transformers_class(config).eval()
+    checked = checked_class(config).eval()
+    assert checked.state_dict().keys() == plain.state_dict().keys()
+    checked.load_state_dict(plain.state_dict())
+    return checked, plain
+
+
+def assert_saves_like_transformers(model, transformers_class, inputs: dict, work_dir) -> None:
+    """For vistok's subclass of a transformers model class (same name): ``save_pretrained`` writes the file
+    ``transformers_class`` writes for the same weights, config.json names that class, and a fresh Python that never
+    imports vistok loads the folder through that name (looked up in ``transformers``) and through
+    ``AutoModelForImageTextToText`` and computes the same logits on ``inputs``, bit for bit."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    assert type(model).__name__ == transformers_class.__name__ and type(model).__module__.startswith("vistok.")
+    model.save_pretrained(work_dir / "saved")
+    plain = transformers_class(model.config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(work_dir / "plain")
+    saved, saved_by_plain = (load_file(str(work_dir / d / "model.safetensors")) for d in ("saved", "plain"))
+    assert saved.keys() == saved_by_plain.keys() and all(torch.equal(saved[k], saved_by_plain[k]) for k in saved)
+    config = json.loads((work_dir / "saved" / "config.json").read_text())
+    assert config["architectures"] == [transformers_class.__name__]
+
+    save_file({k: v.contiguous() for k, v in inputs.items()}, str(work_dir / "inputs.safetensors"))
+    out = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_VISTOK, str(work_dir / "saved"), str(work_dir)],
+                         capture_output=True, text=True, cwd=work_dir, check=False)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report == {"modules": [transformers_class.__module__] * 2, "vistok": False}, report
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert all(torch.equal(v, logits) for v in load_file(str(work_dir / "logits.safetensors")).values())
 
 
 class MultimodalTester:
