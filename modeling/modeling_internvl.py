@@ -34,24 +34,25 @@ def check_internvl_pixel_values(config, pixel_values: torch.Tensor) -> None:
     Shape checks only (no copy, no device sync): `pixel_values` must be `[num_tiles, num_channels, H, W]` with a square
     patch grid `H // patch_size == W // patch_size` whose side times `downsample_ratio` is a whole number."""
     vision_config = config.vision_config
-    image_size, patch_size = vision_config.image_size, vision_config.patch_size
-    image_size = image_size if isinstance(image_size, (list, tuple)) else (image_size, image_size)
+    num_channels, patch_size = vision_config.num_channels, vision_config.patch_size
     patch_size = patch_size if isinstance(patch_size, (list, tuple)) else (patch_size, patch_size)
-    expected = f"[num_tiles, {vision_config.num_channels}, {image_size[0]}, {image_size[1]}]"
-    if pixel_values.ndim != 4 or pixel_values.shape[1] != vision_config.num_channels:
-        raise ValueError(
-            f"InternVL expects pixel_values of shape {expected} (tiles of vision_config.image_size, as the image "
-            f"processor makes them), got shape {tuple(pixel_values.shape)}."
-        )
-    grid = (pixel_values.shape[2] // patch_size[0], pixel_values.shape[3] // patch_size[1])
-    side_after_shuffle = grid[0] * config.downsample_ratio
-    if grid[0] != grid[1] or grid[0] == 0 or side_after_shuffle != int(side_after_shuffle):
-        raise ValueError(
-            f"InternVL expects pixel_values of shape {expected} (tiles of vision_config.image_size, as the image "
-            f"processor makes them; other square tiles work too if their patch grid side, size // patch_size "
-            f"{patch_size[0]}, times downsample_ratio {config.downsample_ratio} is a whole number), got shape "
-            f"{tuple(pixel_values.shape)}: a {grid[0]} x {grid[1]} patch grid."
-        )
+    shape = pixel_values.shape
+    if len(shape) == 4 and shape[1] == num_channels:
+        grid = (shape[2] // patch_size[0], shape[3] // patch_size[1])
+        side_after_shuffle = grid[0] * config.downsample_ratio
+        if grid[0] == grid[1] and grid[0] > 0 and side_after_shuffle == int(side_after_shuffle):
+            return
+        detail = (f"; other square tiles work too if their patch grid side (size // patch_size {patch_size[0]}) times "
+                  f"downsample_ratio {config.downsample_ratio} is a whole number), got shape {tuple(shape)}: a "
+                  f"{grid[0]} x {grid[1]} patch grid.")
+    else:
+        detail = f"), got shape {tuple(shape)}."
+    image_size = vision_config.image_size
+    image_size = image_size if isinstance(image_size, (list, tuple)) else (image_size, image_size)
+    raise ValueError(
+        f"InternVL expects pixel_values of shape [num_tiles, {num_channels}, {image_size[0]}, {image_size[1]}] "
+        f"(tiles of vision_config.image_size, as the image processor makes them{detail}"
+    )
 
 
 class InternVLModel(TransformersNativeMixin, hf_internvl.InternVLModel):
