@@ -181,13 +181,52 @@ def shard_converter(family: str, text: dict):
     return convert_shard
 
 
+def sentencepiece_normalizer(model_file: Path):
+    """A tokenizers normalizer that prepares text the way the sentencepiece model in ``model_file`` does before its
+    BPE: its character map (if any), its whitespace cleanup (``remove_extra_whitespaces``: leading, trailing and
+    repeated spaces), its dummy prefix (``add_dummy_prefix``: a leading space) and spaces written as ``▁``.
+
+    tokenizers applies the normalizer to each stretch of text between added tokens, which is what the original
+    ``InternLM2Tokenizer`` does by calling sentencepiece on each such stretch: so, unlike transformers' Llama
+    conversion (a dummy prefix once, at the start of the text, and only if it has no leading space), every stretch
+    after ``<|im_start|>``, ``</img>``, ... gets the prefix when the model asks for it, and none when it does not."""
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, normalizers
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(model_file).read_bytes())
+    spec = proto.normalizer_spec
+    steps = [normalizers.Precompiled(spec.precompiled_charsmap)] if spec.precompiled_charsmap else []
+    if spec.remove_extra_whitespaces:
+        # \A / \z: tokenizers' regexes read ^ and $ at every line break
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.add_dummy_prefix:
+        steps.append(normalizers.Prepend("▁"))
+    steps.append(normalizers.Replace(" ", "▁"))
+    return normalizers.Sequence(steps), spec.add_dummy_prefix
+
+
 def load_internlm2_tokenizer(folder: Path, **kwargs):
-    """``InternLM2Tokenizer`` (remote code) is a sentencepiece tokenizer that prepends ``<s>``: read as a Llama one."""
-    from transformers import LlamaTokenizer
+    """``InternLM2Tokenizer`` (remote code): sentencepiece BPE with byte fallback that prepends ``<s>``. The vocabulary,
+    merges and added tokens are read by transformers' ``LlamaTokenizer``; the text is then cut as sentencepiece cuts
+    it (``sentencepiece_normalizer``) and the result saved as a plain ``TokenizersBackend`` (``tokenizer.json``), so
+    that reloading does not rebuild Llama's own pre-tokenizer. Checked token for token against the original class
+    (tests/fixtures/internvl2_5_internlm2_chat.json)."""
+    from tokenizers import decoders
+    from transformers import LlamaTokenizer, TokenizersBackend
 
     config = load_config_file(folder / "tokenizer_config.json")
-    return LlamaTokenizer.from_pretrained(folder, add_bos_token=config.get("add_bos_token", True),
-                                          add_eos_token=config.get("add_eos_token", False), **kwargs)
+    llama = LlamaTokenizer.from_pretrained(folder, add_bos_token=config.get("add_bos_token", True),
+                                           add_eos_token=config.get("add_eos_token", False))
+    backend = llama.backend_tokenizer
+    backend.normalizer, add_dummy_prefix = sentencepiece_normalizer(folder / "tokenizer.model")
+    backend.pre_tokenizer = None
+    strip_dummy_prefix = [decoders.Strip(content=" ", left=1)] if add_dummy_prefix else []
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), *strip_dummy_prefix])
+    special = {name: config.get(name, default) for name, default in
+               (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"), ("pad_token", "</s>"))}
+    return TokenizersBackend(tokenizer_object=backend, **special, **kwargs)
 
 
 def find_tokenizer(folder: Path):

@@ -7,6 +7,8 @@ projected embeddings and logits at 1e-4). Shared model checks (LoRA, batching, o
 """
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +30,17 @@ def parity_cases(parity_root):
     if not cases:
         pytest.skip("no internvl2_5 parity cases")
     return cases
+
+
+def case_with_llm(parity_root, model_type: str):
+    """The first parity case whose original LLM has ``model_type`` (``qwen2`` / ``internlm2``); skips without one."""
+    def llm_type(case):
+        return json.loads((case / "original" / "config.json").read_text())["llm_config"]["model_type"]
+
+    case = next((c for c in parity_cases(parity_root) if llm_type(c) == model_type), None)
+    if case is None:
+        pytest.skip(f"no internvl2_5 parity case with a {model_type} LLM")
+    return case
 
 
 def convert_case(case, dest, *extra) -> None:
@@ -193,15 +206,10 @@ def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
 
 def test_internlm2_release_tokenizer_is_read_without_remote_code(parity_root, tmp_path):
     """InternLM2.5-based releases ship a sentencepiece ``tokenizer.model`` behind remote code (``InternLM2Tokenizer``)
-    plus added special tokens; the converter reads it as a Llama tokenizer. Reference: sentencepiece itself."""
+    plus added special tokens; the converter reads it without that code. Reference: sentencepiece itself."""
     spm = pytest.importorskip("sentencepiece")
     pytest.importorskip("google.protobuf")
-    def llm_type(c):
-        return json.loads((c / "original" / "config.json").read_text())["llm_config"]["model_type"]
-
-    case = next((c for c in parity_cases(parity_root) if llm_type(c) == "internlm2"), None)
-    if case is None:
-        pytest.skip("no InternLM2 case")
+    case = case_with_llm(parity_root, "internlm2")
     with safe_open(str(case / "io.safetensors"), "pt") as handle:
         meta = handle.metadata()
     vocab_size = json.loads((case / "original" / "config.json").read_text())["llm_config"]["vocab_size"]
@@ -244,6 +252,9 @@ def test_internlm2_release_tokenizer_is_read_without_remote_code(parity_root, tm
     text = "what is shown here describe the cat"
     assert tokenizer(text).input_ids == [reference.bos_id(), *reference.encode(text)]
     assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
+    # sentencepiece's defaults: NFKC character map (full-width letters), extra whitespace removed, dummy prefix
+    for text in ("  what   is\tshown  here ", "ｗｈａｔ ｉｓ shown", "the cat\n  sat"):
+        assert tokenizer(text).input_ids == [reference.bos_id(), *reference.encode(text)], text
     inputs = processor(text=["<IMG_CONTEXT>\ndescribe"], images=[Image.new("RGB", (20, 36))], return_tensors="pt")
     assert (inputs["input_ids"] == image_ids[2]).sum() == 4 * inputs["pixel_values"].shape[0]
 
@@ -274,8 +285,7 @@ def test_convert_from_a_hub_repo_id(parity_root, hub_client, tmp_path):
 
 def test_internvit_6b_flavour_rmsnorm_qk_norm_no_bias(parity_root, tmp_path):
     """InternViT-6B layout (RMSNorm, QK-norm over all heads, no qkv bias): every tensor lands where it belongs."""
-    case = next(c for c in parity_cases(parity_root)
-                if json.loads((c / "original" / "config.json").read_text())["llm_config"]["model_type"] == "qwen2")
+    case = case_with_llm(parity_root, "qwen2")
     state = load_file(str(case / "original" / "model.safetensors"))
     config = json.loads((case / "original" / "config.json").read_text())
     generator = torch.Generator().manual_seed(0)
@@ -400,3 +410,91 @@ def test_saved_checkpoint_is_transformers_own_and_loads_without_vistok(tmp_path)
     reloaded, info = AutoModelForImageTextToText.from_pretrained(tmp_path / "plain", output_loading_info=True)
     assert all(not v for v in info.values()), info
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in reloaded.state_dict().items())
+
+
+# -- InternLM2 tokenizer and chat template against the original code -------------------------------------------------
+CHAT_FIXTURE = Path(__file__).parent / "fixtures" / "internvl2_5_internlm2_chat.json"
+
+
+def internlm2_release(parity_root, tokenizer_entry: dict, folder: Path) -> Path:
+    """The InternLM2 parity case's release with the fixture's tokenizer files (``tokenizer.model`` +
+    ``tokenizer_config.json`` naming the remote-code ``InternLM2Tokenizer``), its LLM vocabulary resized to the
+    tokenizer's (new embedding / head rows random)."""
+    import base64
+
+    case = case_with_llm(parity_root, "internlm2")
+    state = load_file(str(case / "original" / "model.safetensors"))
+    config = json.loads((case / "original" / "config.json").read_text())
+    vocab_size = tokenizer_entry["vocab_size"]
+    generator = torch.Generator().manual_seed(0)
+    for key in ("language_model.model.tok_embeddings.weight", "language_model.output.weight"):
+        rows = state[key][:vocab_size]
+        extra = 0.02 * torch.randn(vocab_size - len(rows), rows.shape[1], generator=generator)
+        state[key] = torch.cat([rows, extra]).contiguous()
+    config["llm_config"]["vocab_size"] = vocab_size
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "tokenizer.model").write_bytes(base64.b64decode(tokenizer_entry["tokenizer_model_base64"]))
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_entry["tokenizer_config"]))
+    return folder
+
+
+def expand_placeholders(processor, prompt: str, num_patches_list: list[int]) -> str:
+    """The prompt with each image placeholder replaced the way the processor replaces it (``num_patches_list``: tiles
+    per image; a video part takes one 1-tile entry per frame)."""
+    parts, patches = re.split(r"(<IMG_CONTEXT>|<video>)", prompt), iter(num_patches_list)
+    out = []
+    for part in parts:
+        if part == "<IMG_CONTEXT>":
+            out.append(processor.replace_image_token({"num_patches": [next(patches)]}, 0))
+        elif part == "<video>":
+            frames = list(patches)
+            out.append(processor.replace_video_token({"pixel_values_videos": [torch.zeros(len(frames))]}, 0))
+        else:
+            out.append(part)
+    return "".join(out)
+
+
+@pytest.mark.parametrize("variant", ["dummy_prefix", "no_dummy_prefix", "dummy_prefix_remove_extra_whitespaces"])
+def test_internlm2_tokenizer_and_chat_template_match_the_original_code(parity_root, tmp_path, variant):
+    """Expected values: the original InternLM2Tokenizer and InternVLChatModel.chat() prompt building, run on the same
+    tokenizer files (tests/fixtures/internvl2_5_internlm2_chat.json, provenance inside): text ids and decoding, the
+    prompt string chat() builds (default and custom system message, several images, a second turn, a video, text
+    only) and the ids it feeds the model, from the converted processor with images / a video of the same tile
+    counts."""
+    from transformers import AutoProcessor, GenerationConfig
+
+    fixture = json.loads(CHAT_FIXTURE.read_text(encoding="utf-8"))
+    entry = next(e for e in fixture["tokenizers"] if e["name"] == variant)
+    source = internlm2_release(parity_root, entry, tmp_path / "release")
+    assert convert_main(["internvl2_5", str(source), str(tmp_path / "converted")]) == 0
+    processor = AutoProcessor.from_pretrained(tmp_path / "converted")
+    tokenizer = processor.tokenizer
+    assert processor.image_seq_length == fixture["num_image_token"]
+
+    for case in entry["texts"]:
+        assert tokenizer(case["text"]).input_ids == case["input_ids"], case["text"]
+        if not re.search(r"<[|/]?[A-Za-z_|]+>", case["text"]):  # the original's decode spaces special tokens
+            assert tokenizer.decode(case["input_ids"], skip_special_tokens=True) == case["decoded"], case["text"]
+
+    rng = np.random.default_rng(0)
+    images_by_tiles = {1: (16, 16), 3: (16, 32)}  # (H, W): 1 x 1 grid; 2 x 1 grid + thumbnail
+    for case in entry["chats"]:
+        prompt = processor.apply_chat_template(case["messages"], add_generation_prompt=True, tokenize=False)
+        patches = case["num_patches_list"] or []
+        assert expand_placeholders(processor, prompt, patches) == case["query"], case["name"]
+        video = any(part["type"] == "video" for m in case["messages"] for part in m["content"])
+        media = {}
+        if video:
+            media["videos"] = [rng.integers(0, 256, (len(patches), 16, 16, 3), dtype=np.uint8)]
+            media["do_sample_frames"] = False
+        elif patches:
+            media["images"] = [Image.fromarray(rng.integers(0, 256, (*images_by_tiles[n], 3), dtype=np.uint8))
+                               for n in patches]
+        inputs = processor(text=[prompt], return_tensors="pt", **media)
+        assert inputs["input_ids"][0].tolist() == case["input_ids"], case["name"]
+        assert inputs.get("pixel_values", torch.zeros(0)).shape[0] == sum(patches)
+    # chat() stops at <|im_end|>; so does the converted generation config
+    eos = GenerationConfig.from_pretrained(tmp_path / "converted").eos_token_id
+    assert {case["eos_token_id"] for case in entry["chats"]} <= set(eos if isinstance(eos, list) else [eos])
