@@ -277,11 +277,19 @@ def build_processors(original: dict, vision: dict, tokenizer, image_seq_length: 
         return processors
     from transformers import InternVLProcessor
 
-    from ..processing.chat_templates import internvl2_5_chat_template
+    from ..processing.chat_templates import INTERNVL_CONVERSATION_TEMPLATES, internvl2_5_chat_template
 
+    conversation_template = original.get("template", "internvl2_5")
+    if conversation_template not in INTERNVL_CONVERSATION_TEMPLATES:
+        notes.append(f"template={conversation_template!r}: the chat template written follows 'internvl2_5' (known: "
+                     f"{sorted(INTERNVL_CONVERSATION_TEMPLATES)}); prompts may differ from the original chat()")
+        conversation_template = "internvl2_5"
+    # the original model takes `system_message` from its config when present, else from the conversation template
+    system_message = original.get("system_message", INTERNVL_CONVERSATION_TEMPLATES[conversation_template][0])
     video_processor = processors[1] if len(processors) > 1 else None
     return [InternVLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
-                              image_seq_length=image_seq_length, chat_template=internvl2_5_chat_template())]
+                              image_seq_length=image_seq_length,
+                              chat_template=internvl2_5_chat_template(system_message, conversation_template))]
 
 
 def convert(source, config_file=None, presets_file=None) -> ConversionResult:

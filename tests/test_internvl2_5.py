@@ -416,10 +416,10 @@ def test_saved_checkpoint_is_transformers_own_and_loads_without_vistok(tmp_path)
 CHAT_FIXTURE = Path(__file__).parent / "fixtures" / "internvl2_5_internlm2_chat.json"
 
 
-def internlm2_release(parity_root, tokenizer_entry: dict, folder: Path) -> Path:
+def internlm2_release(parity_root, tokenizer_entry: dict, folder: Path, **config_updates) -> Path:
     """The InternLM2 parity case's release with the fixture's tokenizer files (``tokenizer.model`` +
     ``tokenizer_config.json`` naming the remote-code ``InternLM2Tokenizer``), its LLM vocabulary resized to the
-    tokenizer's (new embedding / head rows random)."""
+    tokenizer's (new embedding / head rows random) and ``config_updates`` in its config."""
     import base64
 
     case = case_with_llm(parity_root, "internlm2")
@@ -432,6 +432,7 @@ def internlm2_release(parity_root, tokenizer_entry: dict, folder: Path) -> Path:
         extra = 0.02 * torch.randn(vocab_size - len(rows), rows.shape[1], generator=generator)
         state[key] = torch.cat([rows, extra]).contiguous()
     config["llm_config"]["vocab_size"] = vocab_size
+    config.update(config_updates)
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(config))
     save_file(state, str(folder / "model.safetensors"))
@@ -456,45 +457,84 @@ def expand_placeholders(processor, prompt: str, num_patches_list: list[int]) -> 
     return "".join(out)
 
 
-@pytest.mark.parametrize("variant", ["dummy_prefix", "no_dummy_prefix", "dummy_prefix_remove_extra_whitespaces"])
-def test_internlm2_tokenizer_and_chat_template_match_the_original_code(parity_root, tmp_path, variant):
-    """Expected values: the original InternLM2Tokenizer and InternVLChatModel.chat() prompt building, run on the same
-    tokenizer files (tests/fixtures/internvl2_5_internlm2_chat.json, provenance inside): text ids and decoding, the
-    prompt string chat() builds (default and custom system message, several images, a second turn, a video, text
-    only) and the ids it feeds the model, from the converted processor with images / a video of the same tile
-    counts."""
-    from transformers import AutoProcessor, GenerationConfig
-
-    fixture = json.loads(CHAT_FIXTURE.read_text(encoding="utf-8"))
-    entry = next(e for e in fixture["tokenizers"] if e["name"] == variant)
-    source = internlm2_release(parity_root, entry, tmp_path / "release")
-    assert convert_main(["internvl2_5", str(source), str(tmp_path / "converted")]) == 0
-    processor = AutoProcessor.from_pretrained(tmp_path / "converted")
-    tokenizer = processor.tokenizer
-    assert processor.image_seq_length == fixture["num_image_token"]
-
-    for case in entry["texts"]:
-        assert tokenizer(case["text"]).input_ids == case["input_ids"], case["text"]
-        if not re.search(r"<[|/]?[A-Za-z_|]+>", case["text"]):  # the original's decode spaces special tokens
-            assert tokenizer.decode(case["input_ids"], skip_special_tokens=True) == case["decoded"], case["text"]
-
+def assert_chats_match(processor, chats: list[dict]) -> None:
+    """Each chat's prompt from the processor's chat template, expanded as the processor expands it, is the string the
+    original chat() built, and the processor's ids (with images / a video of the same tile counts) are the ids chat()
+    fed the model."""
     rng = np.random.default_rng(0)
     images_by_tiles = {1: (16, 16), 3: (16, 32)}  # (H, W): 1 x 1 grid; 2 x 1 grid + thumbnail
-    for case in entry["chats"]:
+    for case in chats:
         prompt = processor.apply_chat_template(case["messages"], add_generation_prompt=True, tokenize=False)
         patches = case["num_patches_list"] or []
         assert expand_placeholders(processor, prompt, patches) == case["query"], case["name"]
-        video = any(part["type"] == "video" for m in case["messages"] for part in m["content"])
         media = {}
-        if video:
-            media["videos"] = [rng.integers(0, 256, (len(patches), 16, 16, 3), dtype=np.uint8)]
-            media["do_sample_frames"] = False
+        if any(part["type"] == "video" for message in case["messages"] for part in message["content"]):
+            media = {"videos": [rng.integers(0, 256, (len(patches), 16, 16, 3), dtype=np.uint8)],
+                     "do_sample_frames": False}
         elif patches:
             media["images"] = [Image.fromarray(rng.integers(0, 256, (*images_by_tiles[n], 3), dtype=np.uint8))
                                for n in patches]
         inputs = processor(text=[prompt], return_tensors="pt", **media)
         assert inputs["input_ids"][0].tolist() == case["input_ids"], case["name"]
         assert inputs.get("pixel_values", torch.zeros(0)).shape[0] == sum(patches)
+
+
+def fixture_entry(variant: str) -> dict:
+    fixture = json.loads(CHAT_FIXTURE.read_text(encoding="utf-8"))
+    entry = next(e for e in fixture["tokenizers"] if e["name"] == variant)
+    return entry | {"num_image_token": fixture["num_image_token"]}
+
+
+@pytest.mark.parametrize("variant", ["dummy_prefix", "no_dummy_prefix", "dummy_prefix_remove_extra_whitespaces"])
+def test_internlm2_tokenizer_and_chat_template_match_the_original_code(parity_root, tmp_path, variant):
+    """Expected values: the original InternLM2Tokenizer and InternVLChatModel.chat() prompt building, run on the same
+    tokenizer files (tests/fixtures/internvl2_5_internlm2_chat.json, provenance inside): text ids and decoding, the
+    prompt string chat() builds (default and custom system message, several images, a second turn, a video, text
+    only) and the ids it feeds the model."""
+    from transformers import AutoProcessor, GenerationConfig
+
+    entry = fixture_entry(variant)
+    source = internlm2_release(parity_root, entry, tmp_path / "release")
+    assert convert_main(["internvl2_5", str(source), str(tmp_path / "converted")]) == 0
+    processor = AutoProcessor.from_pretrained(tmp_path / "converted")
+    tokenizer = processor.tokenizer
+    assert processor.image_seq_length == entry["num_image_token"]
+
+    for case in entry["texts"]:
+        assert tokenizer(case["text"]).input_ids == case["input_ids"], case["text"]
+        if not re.search(r"<[|/]?[A-Za-z_|]+>", case["text"]):  # the original's decode spaces special tokens
+            assert tokenizer.decode(case["input_ids"], skip_special_tokens=True) == case["decoded"], case["text"]
+    chats = [case for case in entry["chats"] if case["template"] == "internvl2_5"]
+    assert len(chats) == 6
+    assert_chats_match(processor, chats)
     # chat() stops at <|im_end|>; so does the converted generation config
     eos = GenerationConfig.from_pretrained(tmp_path / "converted").eos_token_id
     assert {case["eos_token_id"] for case in entry["chats"]} <= set(eos if isinstance(eos, list) else [eos])
+
+
+def test_checkpoints_with_the_hermes2_template_get_its_chat_template(parity_root, tmp_path):
+    """A checkpoint fine-tuned from InternVL 2 keeps ``template: Hermes-2`` (no newline after ``<|im_end|>``, another
+    default system message); the original chat() prompts are reproduced from the converted processor."""
+    from transformers import AutoProcessor
+
+    entry = fixture_entry("dummy_prefix")
+    source = internlm2_release(parity_root, entry, tmp_path / "release", template="Hermes-2")
+    assert convert_main(["internvl2_5", str(source), str(tmp_path / "converted")]) == 0
+    chats = [case for case in entry["chats"] if case["template"] == "Hermes-2"]
+    assert chats
+    assert_chats_match(AutoProcessor.from_pretrained(tmp_path / "converted"), chats)
+    # the original takes `system_message` from the config when it has one; unknown templates are reported
+    from vistok.conversion.convert_internvl2_5 import build_processors
+
+    tokenizer = AutoProcessor.from_pretrained(tmp_path / "converted").tokenizer
+    messages = [{"role": "user", "content": "Hi"}]
+    notes = []
+    for template, expected in (
+        ("Hermes-2", "<|im_start|>system\nBe brief.<|im_end|><|im_start|>user\nHi<|im_end|><|im_start|>assistant\n"),
+        ("phi3-chat",  # not supported: written as internvl2_5, with a note
+         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+    ):
+        processor = build_processors({"template": template, "system_message": "Be brief."}, {"image_size": 16},
+                                     tokenizer, 4, notes)[-1]
+        assert processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == expected
+    assert len(notes) == 1 and "phi3-chat" in notes[0]
