@@ -398,17 +398,21 @@ def test_tile_count_and_placeholders_disagree_names_the_tiles():
     assert "2 tiles x 4 tokens per tile = 8 image features" in str(error.value)
 
 
-def test_saved_checkpoint_is_transformers_own_and_loads_without_vistok(tmp_path):
-    from mm_testers import assert_saves_like_transformers
-
+def test_checked_classes_load_and_save_the_v4_key_layout_like_transformers(tmp_path):
+    """transformers' InternVL class saves the v4 key layout (``language_model.model.*``) and renames it on loading; the
+    subclass (declared transformers' own code) does both too: same file, same weights back. Plain transformers loading
+    what vistok saves: ``test_common_multimodal.py::test_checked_subclasses_save_what_plain_transformers_loads``."""
     tester = tiny_internvl()
     model = AutoModelForImageTextToText.from_config(tester.get_config()).eval()
-    inputs = dict(tester.example_inputs(tester.get_processor(), num_images=1))
-    assert_saves_like_transformers(model, InternVLForConditionalGeneration, inputs, tmp_path)
-    # transformers' class saves the v4 key layout, which the subclass (as transformers' own code) loads
-    assert any(k.startswith("language_model.model.") for k in load_file(str(tmp_path / "saved/model.safetensors")))
+    model.save_pretrained(tmp_path / "saved")
+    plain = InternVLForConditionalGeneration(model.config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(tmp_path / "plain")
+    saved, saved_by_plain = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("saved", "plain"))
+    assert saved.keys() == saved_by_plain.keys() and any(k.startswith("language_model.model.") for k in saved)
     reloaded, info = AutoModelForImageTextToText.from_pretrained(tmp_path / "plain", output_loading_info=True)
     assert all(not v for v in info.values()), info
+    assert type(reloaded) is type(model)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in reloaded.state_dict().items())
 
 

@@ -232,14 +232,3 @@ def test_patches_that_disagree_with_the_grid_raise_a_value_error_naming_expected
             assert expected_and_got in str(error.value) and names in str(error.value), str(error.value)
     with pytest.raises(ValueError, match="pixel_values need image_grid_thw and image_merge_sizes"):
         model.get_image_features(image["pixel_values"], image_grid_thw=None)
-
-
-def test_saved_checkpoint_is_transformers_own_and_loads_without_vistok(tmp_path):
-    from transformers import VideoLlama3ForConditionalGeneration
-
-    from mm_testers import assert_saves_like_transformers
-
-    tester = tiny_videollama3()
-    model = AutoModelForImageTextToText.from_config(tester.get_config()).eval()
-    _, video = image_and_video_inputs(tester)
-    assert_saves_like_transformers(model, VideoLlama3ForConditionalGeneration, video, tmp_path)

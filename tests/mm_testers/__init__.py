@@ -153,15 +153,24 @@ import torch, transformers
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText
 
-checkpoint, work = sys.argv[1], sys.argv[2]
-architecture = json.load(open(checkpoint + "/config.json"))["architectures"][0]
-inputs = load_file(work + "/inputs.safetensors")
-models = {"named": getattr(transformers, architecture).from_pretrained(checkpoint).eval(),
-          "auto": AutoModelForImageTextToText.from_pretrained(checkpoint).eval()}
-with torch.no_grad():
-    save_file({name: model(**inputs).logits for name, model in models.items()}, work + "/logits.safetensors")
-print(json.dumps({"modules": [type(m).__module__ for m in models.values()], "vistok": "vistok" in sys.modules}))
+work, report = sys.argv[1], []
+for index in range(int(sys.argv[2])):
+    checkpoint = f"{work}/saved{index}"
+    architecture = json.load(open(checkpoint + "/config.json"))["architectures"][0]
+    inputs = load_file(f"{work}/inputs{index}.safetensors")
+    models = {"named": getattr(transformers, architecture).from_pretrained(checkpoint).eval(),
+              "auto": AutoModelForImageTextToText.from_pretrained(checkpoint).eval()}
+    with torch.no_grad():
+        save_file({k: m(**inputs).logits for k, m in models.items()}, f"{work}/logits{index}.safetensors")
+    report.append([type(m).__module__ for m in models.values()])
+print(json.dumps({"modules": report, "vistok": "vistok" in sys.modules}))
 """
+
+
+def transformers_class_of(model) -> type:
+    """The transformers class that vistok's same-name subclass (type of ``model``) extends."""
+    return next(base for base in type(model).__mro__[1:]
+                if base.__module__.startswith("transformers.") and base.__name__ == type(model).__name__)
 
 
 def with_the_same_weights(checked_class, transformers_class, config):
@@ -175,36 +184,40 @@ def with_the_same_weights(checked_class, transformers_class, config):
     return checked, plain
 
 
-def assert_saves_like_transformers(model, transformers_class, inputs: dict, work_dir) -> None:
-    """For vistok's subclass of a transformers model class (same name): ``save_pretrained`` writes the file
-    ``transformers_class`` writes for the same weights, config.json names that class, and a fresh Python that never
-    imports vistok loads the folder through that name (looked up in ``transformers``) and through
-    ``AutoModelForImageTextToText`` and computes the same logits on ``inputs``, bit for bit."""
+def assert_saves_like_transformers(models_and_inputs: list, work_dir) -> None:
+    """For each ``(model, inputs)``, ``model`` being vistok's same-name subclass of a transformers class:
+    ``save_pretrained`` writes the file that transformers' class writes for the same weights (``plain{i}/``), and
+    config.json names that class; then one fresh Python that never imports vistok loads every saved folder through
+    that name (looked up in ``transformers``) and through ``AutoModelForImageTextToText`` and computes the same logits
+    on ``inputs``, bit for bit."""
     import json
     import subprocess
     import sys
 
     from safetensors.torch import load_file, save_file
 
-    assert type(model).__name__ == transformers_class.__name__ and type(model).__module__.startswith("vistok.")
-    model.save_pretrained(work_dir / "saved")
-    plain = transformers_class(model.config)
-    plain.load_state_dict(model.state_dict())
-    plain.save_pretrained(work_dir / "plain")
-    saved, saved_by_plain = (load_file(str(work_dir / d / "model.safetensors")) for d in ("saved", "plain"))
-    assert saved.keys() == saved_by_plain.keys() and all(torch.equal(saved[k], saved_by_plain[k]) for k in saved)
-    config = json.loads((work_dir / "saved" / "config.json").read_text())
-    assert config["architectures"] == [transformers_class.__name__]
+    for index, (model, inputs) in enumerate(models_and_inputs):
+        transformers_class = transformers_class_of(model)
+        model.save_pretrained(work_dir / f"saved{index}")
+        plain = transformers_class(model.config)
+        plain.load_state_dict(model.state_dict())
+        plain.save_pretrained(work_dir / f"plain{index}")
+        saved, by_plain = (load_file(str(work_dir / f"{d}{index}" / "model.safetensors")) for d in ("saved", "plain"))
+        assert saved.keys() == by_plain.keys() and all(torch.equal(saved[k], by_plain[k]) for k in saved)
+        config = json.loads((work_dir / f"saved{index}" / "config.json").read_text())
+        assert config["architectures"] == [transformers_class.__name__]
+        save_file({k: v.contiguous() for k, v in inputs.items()}, str(work_dir / f"inputs{index}.safetensors"))
 
-    save_file({k: v.contiguous() for k, v in inputs.items()}, str(work_dir / "inputs.safetensors"))
-    out = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_VISTOK, str(work_dir / "saved"), str(work_dir)],
+    out = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_VISTOK, str(work_dir), str(len(models_and_inputs))],
                          capture_output=True, text=True, cwd=work_dir, check=False)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout.strip().splitlines()[-1])
-    assert report == {"modules": [transformers_class.__module__] * 2, "vistok": False}, report
-    with torch.no_grad():
-        logits = model(**inputs).logits
-    assert all(torch.equal(v, logits) for v in load_file(str(work_dir / "logits.safetensors")).values())
+    expected = [[transformers_class_of(model).__module__] * 2 for model, _ in models_and_inputs]
+    assert report == {"modules": expected, "vistok": False}, report
+    for index, (model, inputs) in enumerate(models_and_inputs):
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        assert all(torch.equal(v, logits) for v in load_file(str(work_dir / f"logits{index}.safetensors")).values())
 
 
 class MultimodalTester:
