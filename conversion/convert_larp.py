@@ -155,6 +155,8 @@ def build_config(state_dict: dict, original: dict, presets: dict) -> LARPConfig:
             prior_hidden_size=prior_width, prior_num_hidden_layers=layers, prior_num_attention_heads=heads,
             prior_max_position_embeddings=state_dict["prior_model.pos_emb"].shape[1],
             prior_latent_ce_temperature=float(prior.get("latent_ce_temperature", 1.0)),
+            # GPTCConfig's default is True, and `ar_predict` skips the normalisation when it is off
+            prior_l2_normalized=bool((prior.get("args") or {}).get("l2_normalized", True)),
         )
     elif str(prior.get("name") or "none").lower() not in ("none", "no", "null", ""):
         logger.info("the config names prior %r but the weights hold none: converting the tokenizer alone",

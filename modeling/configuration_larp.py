@@ -60,6 +60,8 @@ class LARPConfig(VariantConfigMixin, PreTrainedConfig):
         prior_num_hidden_layers / prior_num_attention_heads (`int`): prior size.
         prior_max_position_embeddings (`int`): rows of the prior's learned position table.
         prior_latent_ce_temperature (`float`): temperature of the prior's logits over the codebook.
+        prior_l2_normalized (`bool`): l2-normalise the prior's predictions (the original `GPTC` flag `l2_normalized`,
+            true in every release; the logits are then cosine similarities).
         prior_loss_weight (`float`): weight of the prior's cross-entropy in the training loss.
         attention_dropout (`float`), initializer_range (`float`): training settings.
     """
@@ -96,6 +98,7 @@ class LARPConfig(VariantConfigMixin, PreTrainedConfig):
     prior_num_attention_heads: int = 6
     prior_max_position_embeddings: int = 1024
     prior_latent_ce_temperature: float = 1.0
+    prior_l2_normalized: bool = True
     prior_loss_weight: float = 0.06
     attention_dropout: float = 0.0
     initializer_range: float = 0.02

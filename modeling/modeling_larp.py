@@ -218,11 +218,13 @@ class LARPPriorEmbeddings(nn.Module):
 
 
 class LARPPrior(nn.Module):
-    """Causal GPT over code vectors (the paper's "AR prior"): from the code vectors 0..i-1 it predicts an l2-normalised
-    vector for position i; logits over the codebook are cosine similarities / `prior_latent_ce_temperature`."""
+    """Causal GPT over code vectors (the paper's "AR prior"): from the code vectors 0..i-1 it predicts a vector for
+    position i (l2-normalised when `prior_l2_normalized`, as released); logits over the codebook are its dot products
+    with the l2-normalised codebook / `prior_latent_ce_temperature`."""
 
     def __init__(self, config: LARPConfig):
         super().__init__()
+        self.l2_normalized = config.prior_l2_normalized
         width = config.prior_hidden_size
         self.embeddings = LARPPriorEmbeddings(config)
         self.layers = nn.ModuleList(
@@ -233,8 +235,8 @@ class LARPPrior(nn.Module):
         self.head = nn.Linear(width, config.bottleneck_dim)
 
     def forward(self, code_vectors: torch.Tensor) -> torch.Tensor:
-        """[B, N, bottleneck_dim] -> [B, N, bottleneck_dim] predictions, l2-normalised; position 0 (nothing to predict
-        it from) repeats the first input vector."""
+        """[B, N, bottleneck_dim] -> [B, N, bottleneck_dim] predictions (l2-normalised if `prior_l2_normalized`);
+        position 0 (nothing to predict it from) repeats the first input vector."""
         inputs = code_vectors[:, :-1]
         hidden_states = self.embeddings(inputs)
         length = hidden_states.shape[1]
@@ -242,7 +244,8 @@ class LARPPrior(nn.Module):
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask=causal)
         predictions = self.head(self.final_layernorm(hidden_states)).float()
-        return F.normalize(torch.cat([code_vectors[:, :1].float(), predictions], dim=1), dim=-1)
+        predictions = torch.cat([code_vectors[:, :1].float(), predictions], dim=1)
+        return F.normalize(predictions, dim=-1) if self.l2_normalized else predictions
 
 
 class LARPPixelHead(nn.Module):
@@ -425,7 +428,8 @@ class LARPModel(VisualTokenizerMixin, LARPPreTrainedModel):
     # -- prior -----------------------------------------------------------------------------------------------------
     @apply_forward_hook
     def prior_predict(self, code_vectors: torch.Tensor) -> torch.Tensor:
-        """The prior's prediction [B, N, bottleneck_dim] (l2-normalised) for code vectors [B, N, bottleneck_dim]."""
+        """The prior's prediction [B, N, bottleneck_dim] (l2-normalised if `config.prior_l2_normalized`) for code
+        vectors [B, N, bottleneck_dim]."""
         if self.prior is None:
             raise ValueError("this LARP model has no prior (config.prior_hidden_size is None).")
         return self.prior(code_vectors)

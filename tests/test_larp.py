@@ -209,3 +209,32 @@ def test_sample_argument_draws_codes_in_eval():
         repeated = model.encode(clip, sample=True, generator=torch.Generator().manual_seed(1)).tokens
     assert torch.equal(sampled, repeated) and not torch.equal(sampled, argmax)
     assert torch.equal(model.encode(clip).tokens, argmax)
+
+
+def test_prior_without_l2_normalisation():
+    """GPTC's `l2_normalized: false` (prior `args`) returns the raw head output; the converter reads the flag."""
+    prior = dict(prior_hidden_size=16, prior_num_hidden_layers=1, prior_num_attention_heads=1,
+                 prior_max_position_embeddings=6, prior_latent_ce_temperature=0.5)
+    normalised, raw = _tiny(**prior), _tiny(**prior, prior_l2_normalized=False)
+    raw.load_state_dict(normalised.state_dict())
+    vectors = torch.randn(2, 6, 4) * 3
+    with torch.no_grad():
+        expected = raw.prior_predict(vectors)
+        torch.testing.assert_close(expected[:, 0], vectors[:, 0])  # position 0 repeats the input, not normalised
+        assert not torch.allclose(expected.norm(dim=-1), torch.ones(2, 6))
+        torch.testing.assert_close(torch.nn.functional.normalize(expected, dim=-1), normalised.prior_predict(vectors))
+        # logits: raw predictions against the l2-normalised codebook, / temperature (written out)
+        codebook = torch.nn.functional.normalize(raw.quantizer.embedding, dim=-1)
+        torch.testing.assert_close(raw.prior_logits(vectors), expected[:, 1:] @ codebook.T / 0.5)
+
+
+def test_conversion_reads_the_prior_l2_flag(parity_root, tmp_path):
+    case = _cases(parity_root)[0]
+    config = json.loads((case / "original" / "config.json").read_text())
+    config["prior_model"].setdefault("args", {})["l2_normalized"] = False
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = ["--config", str(tmp_path / "config.json")]
+    if (case / "presets.json").is_file():
+        args += ["--preset-overrides", str(case / "presets.json")]
+    assert convert_main(["larp", str(case / "original"), str(tmp_path / "dest"), *args]) == 0
+    assert AutoModel.from_pretrained(tmp_path / "dest").config.prior_l2_normalized is False
