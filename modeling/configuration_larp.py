@@ -55,6 +55,11 @@ class LARPConfig(VariantConfigMixin, PreTrainedConfig):
         commitment_cost (`float`): weight of the commitment term of the VQ loss.
         latent_pe_scale_factor (`float`): frequency base of the decoder's 1D sin-cos latent positions.
         use_decoder_patch_query_token_type_embed (`bool`): add a learned vector to every decoder patch query.
+        learned_position_embeddings (`bool`): the encoder patch positions, decoder latent positions and decoder patch
+            queries are saved parameters instead of fixed sin-cos tables. The converter sets it for the original's
+            non-released variants (`learned_encoder_patch_pe`, `learned_decoder_latent_pe`,
+            `learned_decoder_patch_query_embed`, `use_encoder_patch_token_type_embed`,
+            `use_decoder_latent_token_type_embed`), whose per-axis tables and token-type vectors it sums into them.
         prior_hidden_size (`int`, *optional*): width of the AR prior (a causal GPT over code vectors, training only);
             `None` builds the tokenizer without a prior.
         prior_num_hidden_layers / prior_num_attention_heads (`int`): prior size.
@@ -93,6 +98,7 @@ class LARPConfig(VariantConfigMixin, PreTrainedConfig):
     commitment_cost: float = 0.25
     latent_pe_scale_factor: float = 10000.0
     use_decoder_patch_query_token_type_embed: bool = True
+    learned_position_embeddings: bool = False
     prior_hidden_size: int | None = None
     prior_num_hidden_layers: int = 12
     prior_num_attention_heads: int = 6

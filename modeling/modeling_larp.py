@@ -59,8 +59,17 @@ def get_larp_3d_sincos_pos_embed(embed_dim: int, grid_t: int, grid_h: int, grid_
     return (temporal[:, None, :] + spatial[None]).reshape(-1, embed_dim)
 
 
+def _register_position_table(module: nn.Module, name: str, table: torch.Tensor, learned: bool) -> None:
+    """A position table: a fixed sin-cos buffer (not saved: recomputed from the config), or, with
+    `config.learned_position_embeddings`, a saved parameter initialised to the same table."""
+    if learned:
+        module.register_parameter(name, nn.Parameter(table))
+    else:
+        module.register_buffer(name, table, persistent=False)
+
+
 class LARPEmbeddings(nn.Module):
-    """3D patch embedding with fixed sin-cos positions, followed by the learned holistic queries."""
+    """3D patch embedding with fixed (or learned) positions, followed by the learned holistic queries."""
 
     def __init__(self, config: LARPConfig):
         super().__init__()
@@ -69,7 +78,8 @@ class LARPEmbeddings(nn.Module):
         kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
         self.patch_embedding = nn.Conv3d(config.num_channels, width, kernel_size=kernel, stride=kernel)
         self.latent_queries = nn.Parameter(torch.empty(config.num_latent_tokens, width))
-        self.register_buffer("position_embedding", self.compute_position_embedding(), persistent=False)
+        learned = config.learned_position_embeddings
+        _register_position_table(self, "position_embedding", self.compute_position_embedding(), learned)
 
     def compute_position_embedding(self) -> torch.Tensor:
         config = self.config
@@ -92,8 +102,8 @@ class LARPEmbeddings(nn.Module):
 
 
 class LARPDecoderEmbeddings(nn.Module):
-    """Projects code vectors to the decoder width, adds 1D sin-cos latent positions and appends the patch queries
-    (fixed 3D sin-cos positions + an optional learned token-type vector)."""
+    """Projects code vectors to the decoder width, adds 1D sin-cos (or learned) latent positions and appends the
+    patch queries (fixed 3D sin-cos (or learned) positions + an optional learned token-type vector)."""
 
     def __init__(self, config: LARPConfig):
         super().__init__()
@@ -105,8 +115,8 @@ class LARPDecoderEmbeddings(nn.Module):
         else:
             self.patch_query_type_embedding = None
         latent, patch = self.compute_position_embeddings()
-        self.register_buffer("latent_position_embedding", latent, persistent=False)
-        self.register_buffer("patch_query_embedding", patch, persistent=False)
+        _register_position_table(self, "latent_position_embedding", latent, config.learned_position_embeddings)
+        _register_position_table(self, "patch_query_embedding", patch, config.learned_position_embeddings)
 
     def compute_position_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config

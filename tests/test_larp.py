@@ -103,7 +103,7 @@ def test_conversion_without_prior_weights(parity_root, tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c.update(learned_decoder_latent_pe=True), "learned_decoder_latent_pe"),
+        (lambda c: c["bottleneck"]["args"].update(norm="layernorm"), "bottleneck norm"),
         (lambda c: c["bottleneck"]["args"]["regularizer"]["args"].update(stochastic=False), "stochastic VQ"),
         (lambda c: c.update(transformer_name="transformer_encoder_fused"), "transformer_name"),
     ],
@@ -238,3 +238,37 @@ def test_conversion_reads_the_prior_l2_flag(parity_root, tmp_path):
         args += ["--preset-overrides", str(case / "presets.json")]
     assert convert_main(["larp", str(case / "original"), str(tmp_path / "dest"), *args]) == 0
     assert AutoModel.from_pretrained(tmp_path / "dest").config.prior_l2_normalized is False
+
+
+def test_learned_position_tables_fold_like_the_original(tmp_path):
+    """The original's learned per-axis tables are summed in (t, h, w) order, and token-type vectors added, before
+    use; the converter folds them into saved tables (written-out index formula)."""
+    from vistok.conversion.convert_larp import _position_tables
+
+    grid_t, grid_h, grid_w, dim = 2, 3, 4, 5
+    generator = torch.Generator().manual_seed(0)
+    state = {
+        "encoder_t_embed": torch.randn(1, grid_t, 1, 1, dim, generator=generator),
+        "encoder_h_embed": torch.randn(1, 1, grid_h, 1, dim, generator=generator),
+        "encode_w_embed": torch.randn(1, 1, 1, grid_w, dim, generator=generator),
+        "encoder_patch_token_type_embed": torch.randn(1, 1, dim, generator=generator),
+        "decoder_latent_pe": torch.randn(1, 6, dim, generator=generator),
+        "decoder_patch_query_embed": torch.randn(1, grid_t * grid_h * grid_w, dim, generator=generator),
+    }
+    tables, consumed = _position_tables(state)
+    table = tables["embeddings.position_embedding"]
+    assert table.shape == (grid_t * grid_h * grid_w, dim)
+    for t, h, w in ((0, 0, 0), (1, 2, 3), (1, 0, 2)):
+        expected = (state["encoder_t_embed"][0, t, 0, 0] + state["encoder_h_embed"][0, 0, h, 0]
+                    + state["encode_w_embed"][0, 0, 0, w] + state["encoder_patch_token_type_embed"][0, 0])
+        torch.testing.assert_close(table[(t * grid_h + h) * grid_w + w], expected)
+    torch.testing.assert_close(tables["decoder_embeddings.latent_position_embedding"], state["decoder_latent_pe"][0])
+    assert sorted(consumed) == sorted(state)
+    # a model with learned tables saves and reloads them (they are parameters, not recomputed buffers)
+    model = _tiny(learned_position_embeddings=True)
+    with torch.no_grad():
+        model.embeddings.position_embedding.add_(1.0)
+    model.save_pretrained(tmp_path)
+    reloaded = LARPModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.embeddings.position_embedding, model.embeddings.position_embedding)
+    assert "embeddings.position_embedding" not in _tiny().state_dict()
