@@ -42,6 +42,9 @@ def test_parity_with_original(converted):
         model.eval()
         io = load_file(case / "io.safetensors")
         codes = io["codes"]
+        if model.config.frame_prediction:
+            _check_frame_prediction_case(model, io, case.name)
+            continue
         with torch.no_grad():
             # the call of the fixture: ar(cond_idx=labels, idx=codes[:, :-1], targets=codes)
             prompt = model.build_prompt(class_labels=io["ar_class_labels"])
@@ -59,9 +62,27 @@ def test_parity_with_original(converted):
         torch.testing.assert_close(output.loss, io["ar_loss"].squeeze(), atol=1e-5, rtol=1e-4)
 
 
+def _check_frame_prediction_case(model, io, name):
+    """Frame-prediction fixtures: `ar_logits, ar_loss = ar(cond_idx=ar_cond_idx, idx=codes[:, :-1], targets=codes)`
+    with `ar_cond_idx` = condition tokens + the separator; the original keeps the logits from the separator on."""
+    codes, condition = io["codes"], io["ar_cond_idx"]
+    with torch.no_grad():
+        prompt = model.build_prompt(condition_tokens=condition[:, :-1])
+        assert torch.equal(prompt, condition), name  # the prompt ends with the separator, as the original's cond_idx
+        output = model(torch.cat([prompt, codes[:, :-1]], dim=1), labels=codes)
+    logits = output.logits[:, condition.shape[1] - 1:]
+    print(name, {"ar_logits": f"{(logits - io['ar_logits']).abs().max().item():.2e}",
+                 "ar_loss": f"{(output.loss - io['ar_loss'].squeeze()).abs().item():.2e}"})
+    torch.testing.assert_close(logits, io["ar_logits"], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(output.loss, io["ar_loss"].squeeze(), atol=1e-5, rtol=1e-4)
+
+
 def test_generate_then_decode_a_video(converted):
     """generate() -> codes -> LARPModel.decode -> clip; the cached greedy sequence is the argmax of a full forward."""
-    _, ar_dir, tokenizer_dir = converted[0]
+    class_conditional = [c for c in converted if not LARPARConfig.from_pretrained(c[1]).frame_prediction]
+    if not class_conditional:
+        pytest.skip("no class-conditional LARP AR case")
+    _, ar_dir, tokenizer_dir = class_conditional[0]
     generator = AutoModelForCausalLM.from_pretrained(ar_dir).eval()
     tokenizer = AutoModel.from_pretrained(tokenizer_dir).eval()
     num_codes = generator.config.max_position_embeddings
