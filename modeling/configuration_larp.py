@@ -38,7 +38,9 @@ class LARPConfig(VariantConfigMixin, PreTrainedConfig):
     Args:
         image_size (`int` or `list[int]`): frame size, square side or `[height, width]` (128 for the release).
         num_frames (`int`): clip length T the position tables are built for (16); shorter clips whose length is a
-            multiple of `temporal_patch_size` are accepted (they use the first position rows).
+            multiple of `temporal_patch_size` are accepted (they use the first position rows). Like the original, a T
+            that is not a multiple is allowed: its last `T % temporal_patch_size` frames are never read and the
+            reconstruction has `temporal_patch_size * (T // temporal_patch_size)` frames.
         num_channels (`int`): frame channels.
         patch_size / temporal_patch_size (`int`): encoder 3D patch (8 x 8 pixels x 4 frames).
         decoder_patch_size / decoder_temporal_patch_size (`int`): patch the decoder predicts per query.
@@ -128,9 +130,9 @@ class LARPConfig(VariantConfigMixin, PreTrainedConfig):
         ):
             if height % patch or width % patch:
                 raise ValueError(f"image_size {height}x{width} must be divisible by {name}patch_size ({patch}).")
-            if self.num_frames % temporal:
+            if self.num_frames < temporal:  # a remainder is allowed: the original never reads those frames
                 raise ValueError(
-                    f"num_frames ({self.num_frames}) must be divisible by {name}temporal_patch_size ({temporal})."
+                    f"num_frames ({self.num_frames}) must be at least {name}temporal_patch_size ({temporal})."
                 )
         for name, hidden, heads in (
             ("encoder", self.encoder_hidden_size, self.encoder_num_attention_heads),

@@ -368,15 +368,20 @@ class LARPModel(VisualTokenizerMixin, LARPPreTrainedModel):
         )
 
     def _check_num_frames(self, num_frames: int, temporal_patch_size: int, what: str) -> None:
+        """Clip lengths the original accepts: exactly `config.num_frames` (its strict full-clip path; when that is not
+        a multiple of the temporal patch, the strided patch convolution never reads the last `num_frames % tps`
+        frames and the decoder predicts `tps (num_frames // tps)` frames), or a shorter multiple of the patch."""
         maximum = self.config.num_frames
+        if num_frames == maximum:
+            return
         if num_frames < temporal_patch_size or num_frames > maximum or num_frames % temporal_patch_size:
             raise ValueError(
-                f"{what} must have a multiple of {temporal_patch_size} frames between {temporal_patch_size} and "
-                f"{maximum}, got {num_frames} frames."
+                f"{what} must have {maximum} frames (the full clip) or a multiple of {temporal_patch_size} frames "
+                f"between {temporal_patch_size} and {maximum}, got {num_frames} frames."
             )
 
     def validate_pixel_values(self, pixel_values) -> None:
-        """The layout's checks, then the clip length: a multiple of `temporal_patch_size`, at most `num_frames`."""
+        """The layout's checks, then the clip length (see `_check_num_frames`)."""
         super().validate_pixel_values(pixel_values)
         self._check_num_frames(pixel_values.shape[1], self.config.temporal_patch_size, "pixel_values")
 

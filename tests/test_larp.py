@@ -168,12 +168,13 @@ def test_stochastic_quantizer_samples_only_when_asked():
 
 
 def _tiny(**overrides):
-    config = LARPConfig(
-        image_size=16, num_frames=8, patch_size=8, temporal_patch_size=2, decoder_patch_size=8,
-        decoder_temporal_patch_size=2, num_latent_tokens=6, encoder_hidden_size=16, encoder_num_hidden_layers=1,
-        encoder_num_attention_heads=2, decoder_hidden_size=16, decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2, bottleneck_dim=4, codebook_size=32, **overrides,
-    )
+    config = LARPConfig(**{
+        "image_size": 16, "num_frames": 8, "patch_size": 8, "temporal_patch_size": 2, "decoder_patch_size": 8,
+        "decoder_temporal_patch_size": 2, "num_latent_tokens": 6, "encoder_hidden_size": 16,
+        "encoder_num_hidden_layers": 1, "encoder_num_attention_heads": 2, "decoder_hidden_size": 16,
+        "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2, "bottleneck_dim": 4, "codebook_size": 32,
+        **overrides,
+    })
     torch.manual_seed(0)
     return LARPModel(config).eval()
 
@@ -276,3 +277,21 @@ def test_learned_position_tables_fold_like_the_original(tmp_path):
     reloaded = LARPModel.from_pretrained(tmp_path)
     torch.testing.assert_close(reloaded.embeddings.position_embedding, model.embeddings.position_embedding)
     assert "embeddings.position_embedding" not in _tiny().state_dict()
+
+
+def test_num_frames_not_a_multiple_of_the_temporal_patch():
+    """frame_num 9 with temporal patches of 2 (the original accepts it): the strided patch convolution never reads
+    frame 8, so a 9-frame clip has the codes of its first 8 frames under the same weights with num_frames 8, and the
+    decoder predicts 2 * (9 // 2) = 8 frames. Other lengths must be multiples of 2."""
+    odd, even = _tiny(num_frames=9), _tiny()
+    odd.load_state_dict(even.state_dict())
+    clip = torch.rand(2, 9, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        tokens = odd.encode(clip).tokens
+        assert torch.equal(tokens, even.encode(clip[:, :8]).tokens)
+        reconstruction = odd.decode(tokens, num_frames=9).reconstruction
+        assert reconstruction.shape == (2, 8, 3, 16, 16)
+        torch.testing.assert_close(reconstruction, even.decode(tokens, num_frames=8).reconstruction)
+        assert odd(clip).reconstruction.shape == (2, 8, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"9 frames \(the full clip\) or a multiple of 2 frames between 2 and 9, got 7"):
+        odd.encode(clip[:, :7])
