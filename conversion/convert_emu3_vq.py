@@ -82,13 +82,9 @@ def build_config(state_dict: dict, original: dict | None) -> Emu3VQVAEConfig:
     latent_out = _require(state_dict, "encoder.conv_out.weight").shape[0]
     latent_channels = _require(state_dict, "decoder.conv_in.weight").shape[1]
     attn_levels = [i for i in levels if f"encoder.down.{i}.attn.0.q.weight" in state_dict]
+    # the middle block's attention width; attention at a narrower level keeps its own width (see
+    # `Emu3VisionTokenizer._fit_attention_widths`)
     hidden_size = _require(state_dict, "encoder.mid.attn_1.q.weight").shape[0]
-    for i in attn_levels:
-        if level_channels[i] != hidden_size:
-            raise ConversionError(
-                f"attention at level {i} is {level_channels[i]} wide but the middle attention is {hidden_size}: "
-                "transformers' Emu3VQVAE uses one attention width (hidden_size) for all attention blocks."
-            )
     kwargs = dict(
         codebook_size=codebook.shape[0], embed_dim=codebook.shape[1], latent_channels=latent_channels,
         double_latent=latent_out == 2 * latent_channels, in_channels=in_channels,
@@ -104,6 +100,10 @@ def build_config(state_dict: dict, original: dict | None) -> Emu3VQVAEConfig:
             "through the same temporal layers as the latents, so the release requires them equal."
         )
     if original:
+        original = dict(original)
+        if "attn_resolutions" in original:
+            # the original builds attention only at levels that exist: [3] with 3 levels means none
+            original["attn_resolutions"] = sorted({i for i in original["attn_resolutions"] if 0 <= i < len(levels)})
         for source_name, target_name in _CONFIG_FIELDS.items():
             if source_name in original and _normalise(original[source_name]) != _normalise(kwargs[target_name]):
                 raise ConversionError(

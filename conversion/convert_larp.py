@@ -9,7 +9,10 @@ Sizes come from tensor shapes and the config. The AR prior (`prior_model.*`) is 
 it (the upload may leave it out: then the tokenizer is converted without a prior); its head count comes from the
 preset named in `prior_model.name` (`gptc-*`, more through `--preset-overrides`), else 64 channels per head as in
 every released preset. The fixed sin-cos tables the release stores as buffers are checked against the ones the
-model computes and then dropped.
+model computes and then dropped. The original's non-released variants with learned position tables or token-type
+vectors (`learned_*_pe`, `learned_decoder_patch_query_embed`, `use_*_token_type_embed` except the released decoder
+patch-query one) convert to `learned_position_embeddings=True`: per-axis tables are summed and token-type vectors
+added into the saved tables (and into the latent queries), as the original sums them before use.
 """
 
 import torch
@@ -63,24 +66,47 @@ SINCOS_BUFFERS = {
     "decoder_latent_pe": ("decoder_embeddings", "latent_position_embedding"),
     "decoder_patch_query_embed": ("decoder_embeddings", "patch_query_embedding"),
 }
-# flags of the original constructor this port implements only with the released value
-RELEASED_FLAGS = {
-    "learned_encoder_patch_pe": False,
-    "learned_decoder_latent_pe": False,
-    "learned_decoder_patch_query_embed": False,
-    "use_encoder_patch_token_type_embed": False,
-    "use_encoder_latent_query_token_type_embed": False,
-    "use_decoder_latent_token_type_embed": False,
+# position tables of the original's non-released variants: target -> (summed source tables, optional added vector);
+# a learned table is the sum of per-axis parameters (`[1, T, 1, 1, D] + [1, 1, H, 1, D] + [1, 1, 1, W, D]`)
+LEARNED_TABLES = {
+    "embeddings.position_embedding": (
+        ("encoder_h_embed", "encode_w_embed", "encoder_t_embed"), "encoder_patch_pe", "encoder_patch_token_type_embed"),
+    "decoder_embeddings.latent_position_embedding": ((), "decoder_latent_pe", "decoder_latent_token_type_embed"),
+    "decoder_embeddings.patch_query_embedding": (
+        ("decoder_h_embed", "decoder_w_embed", "decoder_t_embed"), "decoder_patch_query_embed", None),
 }
+# original flags that make the position tables learned (`LARPConfig.learned_position_embeddings`)
+LEARNED_FLAGS = ("learned_encoder_patch_pe", "learned_decoder_latent_pe", "learned_decoder_patch_query_embed",
+                 "use_encoder_patch_token_type_embed", "use_decoder_latent_token_type_embed")
 TRANSFORMER = "transformer_encoder_parallel"
 # fmt: on
 
 
+def _position_tables(state_dict: dict) -> tuple[dict, list[str]]:
+    """The three position tables as `[N, D]` tensors (per-axis tables summed, token-type vectors added, as the
+    original adds them before use), and the source keys they consume."""
+    tables, consumed = {}, []
+    for target, (axes, stored, type_vector) in LEARNED_TABLES.items():
+        if axes and all(key in state_dict for key in axes):
+            table = sum(state_dict[key].float() for key in axes)
+            consumed += list(axes)
+        else:
+            table = require_tensor(state_dict, stored, "LARP tokenizer").float()
+            consumed.append(stored)
+        table = table.reshape(-1, table.shape[-1])
+        if type_vector and type_vector in state_dict:
+            table = table + state_dict[type_vector].reshape(1, -1).float()
+            consumed.append(type_vector)
+        tables[target] = table
+    return tables, consumed
+
+
+def _has_learned_tables(state_dict: dict, original: dict) -> bool:
+    keys = ("encoder_h_embed", "decoder_h_embed", "encoder_patch_token_type_embed", "decoder_latent_token_type_embed")
+    return any(original.get(flag) for flag in LEARNED_FLAGS) or any(key in state_dict for key in keys)
+
+
 def _check_released_layout(original: dict) -> dict:
-    for name, value in RELEASED_FLAGS.items():
-        got = original.get(name, value)
-        if got != value:
-            raise ConversionError(f"{name}={got!r} is not supported (the released LARP models use {value!r}).")
     for name in ("transformer_name", "encoder_name", "decoder_name"):
         if str(original.get(name) or "none").lower() not in ("none", "no", "null", "", TRANSFORMER):
             raise ConversionError(f"{name}={original[name]!r} is not supported (released: {TRANSFORMER}).")
@@ -108,7 +134,7 @@ def build_config(state_dict: dict, original: dict, presets: dict) -> LARPConfig:
         patch = patch[:, :, None]
     width, channels, temporal_patch, patch_size = patch.shape[0], patch.shape[1], patch.shape[2], patch.shape[3]
     image_size, num_frames = int(original.get("input_size", 128)), int(original.get("frame_num", 16))
-    num_patches = require_tensor(state_dict, "encoder_patch_pe", what).shape[1]
+    num_patches = _position_tables(state_dict)[0]["embeddings.position_embedding"].shape[0]
     if num_patches != (num_frames // temporal_patch) * (image_size // patch_size) ** 2:
         raise ConversionError(
             f"encoder_patch_pe has {num_patches} rows but input_size {image_size} / frame_num {num_frames} with "
@@ -136,6 +162,7 @@ def build_config(state_dict: dict, original: dict, presets: dict) -> LARPConfig:
         bottleneck_dim=codebook.shape[1], codebook_size=codebook.shape[0],
         latent_pe_scale_factor=float(original.get("latent_pe_scale_factor", 10000)),
         use_decoder_patch_query_token_type_embed="decoder_patch_query_token_type_embed" in state_dict,
+        learned_position_embeddings=_has_learned_tables(state_dict, original),
         **quantizer_fields,
     )
     prior = original.get("prior_model") or {}
@@ -155,6 +182,8 @@ def build_config(state_dict: dict, original: dict, presets: dict) -> LARPConfig:
             prior_hidden_size=prior_width, prior_num_hidden_layers=layers, prior_num_attention_heads=heads,
             prior_max_position_embeddings=state_dict["prior_model.pos_emb"].shape[1],
             prior_latent_ce_temperature=float(prior.get("latent_ce_temperature", 1.0)),
+            # GPTCConfig's default is True, and `ar_predict` skips the normalisation when it is off
+            prior_l2_normalized=bool((prior.get("args") or {}).get("l2_normalized", True)),
         )
     elif str(prior.get("name") or "none").lower() not in ("none", "no", "null", ""):
         logger.info("the config names prior %r but the weights hold none: converting the tokenizer alone",
@@ -166,15 +195,25 @@ def build_config(state_dict: dict, original: dict, presets: dict) -> LARPConfig:
 
 
 def convert_state_dict(state_dict: dict, model: LARPModel) -> tuple[dict, list]:
-    for source_key, (module_name, buffer_name) in SINCOS_BUFFERS.items():
-        expected = getattr(getattr(model, module_name), buffer_name)
-        stored = require_tensor(state_dict, source_key, "LARP tokenizer").reshape(expected.shape)
-        if not torch.allclose(stored.float(), expected.float(), atol=1e-5):
-            raise ConversionError(f"{source_key} is not the sin-cos table LARP builds (max diff "
-                                  f"{(stored.float() - expected.float()).abs().max():.3g}); learned tables are not supported.")
-    renamed, unmapped, dropped = rename_state_dict(state_dict, ORIGINAL_TO_CONVERTED_KEY_MAPPING, list(SINCOS_BUFFERS))
-    logger.info("checked and dropped the stored sin-cos tables: %s", dropped)
-    converted = split_fused_qkv(renamed, "qkv", ("q_proj", "k_proj", "v_proj"))
+    tables, consumed = _position_tables(state_dict)
+    if not model.config.learned_position_embeddings:
+        for source_key, (module_name, buffer_name) in SINCOS_BUFFERS.items():
+            expected = getattr(getattr(model, module_name), buffer_name)
+            stored = tables[f"{module_name}.{buffer_name}"].reshape(expected.shape)
+            if not torch.allclose(stored, expected.float(), atol=1e-5):
+                raise ConversionError(
+                    f"{source_key} is not the sin-cos table LARP builds (max diff "
+                    f"{(stored - expected.float()).abs().max():.3g}) although no learned_* flag is set in config.json."
+                )
+        logger.info("checked and dropped the stored sin-cos tables: %s", consumed)
+        tables = {}
+    state_dict = {key: value for key, value in state_dict.items() if key not in consumed}
+    if "encoder_latent_query_token_type_embed" in state_dict:  # added to every query before use: fold it in
+        state_dict = dict(state_dict)
+        vector = state_dict.pop("encoder_latent_query_token_type_embed").reshape(1, -1)
+        state_dict["encoder_latent_query_embed"] = state_dict["encoder_latent_query_embed"] + vector
+    renamed, unmapped, _ = rename_state_dict(state_dict, ORIGINAL_TO_CONVERTED_KEY_MAPPING)
+    converted = split_fused_qkv(renamed, "qkv", ("q_proj", "k_proj", "v_proj")) | tables
     target = model.state_dict()
     for key, tensor in converted.items():
         if key in target and tensor.shape != target[key].shape and tensor.numel() == target[key].numel():

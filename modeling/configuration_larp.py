@@ -38,7 +38,9 @@ class LARPConfig(VariantConfigMixin, PreTrainedConfig):
     Args:
         image_size (`int` or `list[int]`): frame size, square side or `[height, width]` (128 for the release).
         num_frames (`int`): clip length T the position tables are built for (16); shorter clips whose length is a
-            multiple of `temporal_patch_size` are accepted (they use the first position rows).
+            multiple of `temporal_patch_size` are accepted (they use the first position rows). Like the original, a T
+            that is not a multiple is allowed: its last `T % temporal_patch_size` frames are never read and the
+            reconstruction has `temporal_patch_size * (T // temporal_patch_size)` frames.
         num_channels (`int`): frame channels.
         patch_size / temporal_patch_size (`int`): encoder 3D patch (8 x 8 pixels x 4 frames).
         decoder_patch_size / decoder_temporal_patch_size (`int`): patch the decoder predicts per query.
@@ -55,11 +57,18 @@ class LARPConfig(VariantConfigMixin, PreTrainedConfig):
         commitment_cost (`float`): weight of the commitment term of the VQ loss.
         latent_pe_scale_factor (`float`): frequency base of the decoder's 1D sin-cos latent positions.
         use_decoder_patch_query_token_type_embed (`bool`): add a learned vector to every decoder patch query.
+        learned_position_embeddings (`bool`): the encoder patch positions, decoder latent positions and decoder patch
+            queries are saved parameters instead of fixed sin-cos tables. The converter sets it for the original's
+            non-released variants (`learned_encoder_patch_pe`, `learned_decoder_latent_pe`,
+            `learned_decoder_patch_query_embed`, `use_encoder_patch_token_type_embed`,
+            `use_decoder_latent_token_type_embed`), whose per-axis tables and token-type vectors it sums into them.
         prior_hidden_size (`int`, *optional*): width of the AR prior (a causal GPT over code vectors, training only);
             `None` builds the tokenizer without a prior.
         prior_num_hidden_layers / prior_num_attention_heads (`int`): prior size.
         prior_max_position_embeddings (`int`): rows of the prior's learned position table.
         prior_latent_ce_temperature (`float`): temperature of the prior's logits over the codebook.
+        prior_l2_normalized (`bool`): l2-normalise the prior's predictions (the original `GPTC` flag `l2_normalized`,
+            true in every release; the logits are then cosine similarities).
         prior_loss_weight (`float`): weight of the prior's cross-entropy in the training loss.
         attention_dropout (`float`), initializer_range (`float`): training settings.
     """
@@ -91,11 +100,13 @@ class LARPConfig(VariantConfigMixin, PreTrainedConfig):
     commitment_cost: float = 0.25
     latent_pe_scale_factor: float = 10000.0
     use_decoder_patch_query_token_type_embed: bool = True
+    learned_position_embeddings: bool = False
     prior_hidden_size: int | None = None
     prior_num_hidden_layers: int = 12
     prior_num_attention_heads: int = 6
     prior_max_position_embeddings: int = 1024
     prior_latent_ce_temperature: float = 1.0
+    prior_l2_normalized: bool = True
     prior_loss_weight: float = 0.06
     attention_dropout: float = 0.0
     initializer_range: float = 0.02
@@ -119,9 +130,9 @@ class LARPConfig(VariantConfigMixin, PreTrainedConfig):
         ):
             if height % patch or width % patch:
                 raise ValueError(f"image_size {height}x{width} must be divisible by {name}patch_size ({patch}).")
-            if self.num_frames % temporal:
+            if self.num_frames < temporal:  # a remainder is allowed: the original never reads those frames
                 raise ValueError(
-                    f"num_frames ({self.num_frames}) must be divisible by {name}temporal_patch_size ({temporal})."
+                    f"num_frames ({self.num_frames}) must be at least {name}temporal_patch_size ({temporal})."
                 )
         for name, hidden, heads in (
             ("encoder", self.encoder_hidden_size, self.encoder_num_attention_heads),

@@ -71,7 +71,8 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
     Emu3 vision tokenizer: SBER-MoVQGAN 2D conv VQGAN with causal temporal layers, 8x spatial (`2 ** (len(
     channel_multiplier) - 1)`) and 4x temporal (`temporal_downsample_factor`) compression, 32768 codes.
 
-    Input: pixels in [-1, 1] (the image/video processor's output), H and W multiples of the spatial factor.
+    Input: pixels in [-1, 1] (the image/video processor's output), H and W multiples of the spatial factor `s` (other
+    sizes of at least `s` are accepted as by the original: the grid is `H // s x W // s`, see `validate_input_size`).
 
     | input | `tokens` | `latents` (codebook vectors) | `reconstruction` |
     |---|---|---|---|
@@ -103,7 +104,29 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
         quantizer = Emu3VisionTokenizerQuantizer(config)
         quantizer.embedding.weight = self.quantize.embedding.weight
         self.quantize = quantizer
+        self._fit_attention_widths()
         self.gradient_checkpointing = False
+
+    def _fit_attention_widths(self) -> None:
+        """Gives every attention block the channel count of its level. transformers' `Emu3VQVAE` builds them all
+        `hidden_size` wide (the middle block's width, 1024 in the release, where attention sits at the last level
+        only); the original builds each at its level's width, so attention at a narrower level (e.g.
+        `attn_resolutions=[0]` with `channel_multiplier=[1, 2]`) exists there and is supported here (such a
+        checkpoint then does not load into transformers' own `Emu3VQVAE`)."""
+        config = self.config
+        widths = [config.base_channels * multiplier for multiplier in config.channel_multiplier]
+        levels = [(self.encoder.down_block.down[i], widths[i]) for i in range(len(widths))]
+        levels += [(self.decoder.up_block.up[i], widths[i]) for i in range(len(widths))]
+        levels += [(block, widths[-1]) for block in (self.encoder.middle_block, self.decoder.middle_block)]
+        for level, width in levels:
+            blocks = level.attn if hasattr(level, "attn") else [level.attn_1]
+            for block in blocks:
+                if block.embed_dim == width:
+                    continue
+                block.embed_dim, block.head_dim = width, width // block.num_heads
+                block.scale = block.head_dim**-0.5
+                for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                    setattr(block, name, nn.Linear(width, width))
 
     def train(self, mode: bool = True):
         """Training mode everywhere except the temporal BatchNorm3d layers when `freeze_batch_norm_statistics`: their
@@ -141,12 +164,14 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
         )
 
     def validate_input_size(self, height: int, width: int) -> None:
+        """Any size of at least the spatial factor: like the original, each stride-2 downsampling (right/bottom
+        zero pad of 1, 3x3 conv) maps a side n to n // 2, so the token grid is `H // s x W // s` and the
+        reconstruction `s (H // s) x s (W // s)` (the processor's smart resize gives multiples of s)."""
         factor = self.spatial_factor
-        if height % factor or width % factor or height == 0 or width == 0:
+        if height < factor or width < factor:
             raise ValueError(
-                f"pixel_values height and width must be positive multiples of the spatial factor {factor}, got "
-                f"{height}x{width}; the processor's smart resize gives e.g. {max(factor, height // factor * factor)}x"
-                f"{max(factor, width // factor * factor)}."
+                f"pixel_values height and width must be at least the spatial factor {factor} (the original's "
+                f"downsampling fails below), got {height}x{width}."
             )
 
     def validate_pixel_values(self, pixel_values) -> None:

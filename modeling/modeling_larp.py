@@ -59,8 +59,17 @@ def get_larp_3d_sincos_pos_embed(embed_dim: int, grid_t: int, grid_h: int, grid_
     return (temporal[:, None, :] + spatial[None]).reshape(-1, embed_dim)
 
 
+def _register_position_table(module: nn.Module, name: str, table: torch.Tensor, learned: bool) -> None:
+    """A position table: a fixed sin-cos buffer (not saved: recomputed from the config), or, with
+    `config.learned_position_embeddings`, a saved parameter initialised to the same table."""
+    if learned:
+        module.register_parameter(name, nn.Parameter(table))
+    else:
+        module.register_buffer(name, table, persistent=False)
+
+
 class LARPEmbeddings(nn.Module):
-    """3D patch embedding with fixed sin-cos positions, followed by the learned holistic queries."""
+    """3D patch embedding with fixed (or learned) positions, followed by the learned holistic queries."""
 
     def __init__(self, config: LARPConfig):
         super().__init__()
@@ -69,7 +78,8 @@ class LARPEmbeddings(nn.Module):
         kernel = (config.temporal_patch_size, config.patch_size, config.patch_size)
         self.patch_embedding = nn.Conv3d(config.num_channels, width, kernel_size=kernel, stride=kernel)
         self.latent_queries = nn.Parameter(torch.empty(config.num_latent_tokens, width))
-        self.register_buffer("position_embedding", self.compute_position_embedding(), persistent=False)
+        learned = config.learned_position_embeddings
+        _register_position_table(self, "position_embedding", self.compute_position_embedding(), learned)
 
     def compute_position_embedding(self) -> torch.Tensor:
         config = self.config
@@ -92,8 +102,8 @@ class LARPEmbeddings(nn.Module):
 
 
 class LARPDecoderEmbeddings(nn.Module):
-    """Projects code vectors to the decoder width, adds 1D sin-cos latent positions and appends the patch queries
-    (fixed 3D sin-cos positions + an optional learned token-type vector)."""
+    """Projects code vectors to the decoder width, adds 1D sin-cos (or learned) latent positions and appends the
+    patch queries (fixed 3D sin-cos (or learned) positions + an optional learned token-type vector)."""
 
     def __init__(self, config: LARPConfig):
         super().__init__()
@@ -105,8 +115,8 @@ class LARPDecoderEmbeddings(nn.Module):
         else:
             self.patch_query_type_embedding = None
         latent, patch = self.compute_position_embeddings()
-        self.register_buffer("latent_position_embedding", latent, persistent=False)
-        self.register_buffer("patch_query_embedding", patch, persistent=False)
+        _register_position_table(self, "latent_position_embedding", latent, config.learned_position_embeddings)
+        _register_position_table(self, "patch_query_embedding", patch, config.learned_position_embeddings)
 
     def compute_position_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
@@ -218,11 +228,13 @@ class LARPPriorEmbeddings(nn.Module):
 
 
 class LARPPrior(nn.Module):
-    """Causal GPT over code vectors (the paper's "AR prior"): from the code vectors 0..i-1 it predicts an l2-normalised
-    vector for position i; logits over the codebook are cosine similarities / `prior_latent_ce_temperature`."""
+    """Causal GPT over code vectors (the paper's "AR prior"): from the code vectors 0..i-1 it predicts a vector for
+    position i (l2-normalised when `prior_l2_normalized`, as released); logits over the codebook are its dot products
+    with the l2-normalised codebook / `prior_latent_ce_temperature`."""
 
     def __init__(self, config: LARPConfig):
         super().__init__()
+        self.l2_normalized = config.prior_l2_normalized
         width = config.prior_hidden_size
         self.embeddings = LARPPriorEmbeddings(config)
         self.layers = nn.ModuleList(
@@ -233,8 +245,8 @@ class LARPPrior(nn.Module):
         self.head = nn.Linear(width, config.bottleneck_dim)
 
     def forward(self, code_vectors: torch.Tensor) -> torch.Tensor:
-        """[B, N, bottleneck_dim] -> [B, N, bottleneck_dim] predictions, l2-normalised; position 0 (nothing to predict
-        it from) repeats the first input vector."""
+        """[B, N, bottleneck_dim] -> [B, N, bottleneck_dim] predictions (l2-normalised if `prior_l2_normalized`);
+        position 0 (nothing to predict it from) repeats the first input vector."""
         inputs = code_vectors[:, :-1]
         hidden_states = self.embeddings(inputs)
         length = hidden_states.shape[1]
@@ -242,7 +254,8 @@ class LARPPrior(nn.Module):
         for layer in self.layers:
             hidden_states = layer(hidden_states, attention_mask=causal)
         predictions = self.head(self.final_layernorm(hidden_states)).float()
-        return F.normalize(torch.cat([code_vectors[:, :1].float(), predictions], dim=1), dim=-1)
+        predictions = torch.cat([code_vectors[:, :1].float(), predictions], dim=1)
+        return F.normalize(predictions, dim=-1) if self.l2_normalized else predictions
 
 
 class LARPPixelHead(nn.Module):
@@ -355,15 +368,20 @@ class LARPModel(VisualTokenizerMixin, LARPPreTrainedModel):
         )
 
     def _check_num_frames(self, num_frames: int, temporal_patch_size: int, what: str) -> None:
+        """Clip lengths the original accepts: exactly `config.num_frames` (its strict full-clip path; when that is not
+        a multiple of the temporal patch, the strided patch convolution never reads the last `num_frames % tps`
+        frames and the decoder predicts `tps (num_frames // tps)` frames), or a shorter multiple of the patch."""
         maximum = self.config.num_frames
+        if num_frames == maximum:
+            return
         if num_frames < temporal_patch_size or num_frames > maximum or num_frames % temporal_patch_size:
             raise ValueError(
-                f"{what} must have a multiple of {temporal_patch_size} frames between {temporal_patch_size} and "
-                f"{maximum}, got {num_frames} frames."
+                f"{what} must have {maximum} frames (the full clip) or a multiple of {temporal_patch_size} frames "
+                f"between {temporal_patch_size} and {maximum}, got {num_frames} frames."
             )
 
     def validate_pixel_values(self, pixel_values) -> None:
-        """The layout's checks, then the clip length: a multiple of `temporal_patch_size`, at most `num_frames`."""
+        """The layout's checks, then the clip length (see `_check_num_frames`)."""
         super().validate_pixel_values(pixel_values)
         self._check_num_frames(pixel_values.shape[1], self.config.temporal_patch_size, "pixel_values")
 
@@ -425,7 +443,8 @@ class LARPModel(VisualTokenizerMixin, LARPPreTrainedModel):
     # -- prior -----------------------------------------------------------------------------------------------------
     @apply_forward_hook
     def prior_predict(self, code_vectors: torch.Tensor) -> torch.Tensor:
-        """The prior's prediction [B, N, bottleneck_dim] (l2-normalised) for code vectors [B, N, bottleneck_dim]."""
+        """The prior's prediction [B, N, bottleneck_dim] (l2-normalised if `config.prior_l2_normalized`) for code
+        vectors [B, N, bottleneck_dim]."""
         if self.prior is None:
             raise ValueError("this LARP model has no prior (config.prior_hidden_size is None).")
         return self.prior(code_vectors)

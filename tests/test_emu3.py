@@ -34,6 +34,12 @@ def _cases(parity_root):
     return cases
 
 
+def _single_attention_width(config) -> bool:
+    """Whether every attention block is `hidden_size` wide, the only layout transformers' Emu3VQVAE builds."""
+    levels = [i for i in config.attn_resolutions if i < len(config.channel_multiplier)] + [-1]
+    return all(config.base_channels * config.channel_multiplier[i] == config.hidden_size for i in levels)
+
+
 def _reference_codes(reference: Emu3VQVAE, pixel_values: torch.Tensor) -> torch.Tensor:
     """transformers' module-level video encode (encoder -> quant_conv -> argmin) without its per-image crop."""
     hidden = reference.encoder(pixel_values)
@@ -65,9 +71,10 @@ def test_parity_every_case(parity_root, tmp_path):
         assert isinstance(model, vistok.Emu3VisionTokenizer) and not any(info.values()), (case_dir.name, info)
         assert isinstance(AutoImageProcessor.from_pretrained(dest), vistok.Emu3VisionTokenizerImageProcessor)
         assert isinstance(AutoVideoProcessor.from_pretrained(dest), Emu3VideoProcessor)
-        # the written weights are transformers' own Emu3VQVAE layout
-        _, reference_info = Emu3VQVAE.from_pretrained(dest, output_loading_info=True)
-        assert not any(reference_info.values()), reference_info
+        if _single_attention_width(model.config):  # else transformers' Emu3VQVAE cannot build it
+            # the written weights are transformers' own Emu3VQVAE layout
+            _, reference_info = Emu3VQVAE.from_pretrained(dest, output_loading_info=True)
+            assert not any(reference_info.values()), reference_info
         kinds = [k for k in ("image", "video") if f"pixel_values_{k}" in io]
         assert kinds, f"{case_dir.name}: no pixel_values_* in io.safetensors"
         model.eval()
@@ -199,8 +206,8 @@ def test_bad_inputs_name_expected_and_got(tiny):
         model.encode(torch.rand(1, 3, 3, 8, 8))
     with pytest.raises(ValueError, match="3 channels"):
         model.encode(torch.rand(1, 8, 4, 8, 8))
-    with pytest.raises(ValueError, match="multiples of the spatial factor 2"):
-        model.encode(torch.rand(1, 3, 9, 8))
+    with pytest.raises(ValueError, match="at least the spatial factor 2.*got 1x8"):
+        model.encode(torch.rand(1, 3, 1, 8))
     with pytest.raises(ValueError, match=r"token ids must be in \[0, 64\)"):
         model.decode(torch.full((1, 1, 4, 4), 64))
     with pytest.raises(ValueError, match=r"\[batch, frames, height, width\]"):
@@ -292,3 +299,48 @@ def test_chunked_argmin_gives_the_same_codes(tiny, monkeypatch):
         monkeypatch.setattr(model.quantize, "rows_per_chunk", 7)  # 96 rows in 14 chunks, the last one partial
         assert torch.equal(model.encode(video).tokens, whole)
         assert torch.equal(whole, _reference_codes(reference, video))
+
+
+# ------------------------------------------------------------------------------------------------ generality
+@pytest.mark.parametrize("size", [(9, 8), (7, 13), (2, 3)])
+def test_sizes_off_the_grid_floor_like_the_original(tiny, size):
+    """The original accepts any side >= the spatial factor: each stride-2 downsampling (pad right/bottom by 1, 3x3
+    conv) maps n to floor(n / 2), so a 9x8 image gives a 4x4 grid (hand-computed: floor(9/2) = 4) and decodes to
+    8x8. Reference: transformers' module-level encoder, which has the same padding."""
+    model, reference = tiny
+    height, width = size
+    image = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(height * width)) * 2 - 1
+    with torch.no_grad():
+        tokens = model.encode(image).tokens
+        assert tokens.shape == (2, height // 2, width // 2)
+        assert torch.equal(tokens, _reference_codes(reference, image[:, None].expand(-1, 4, -1, -1, -1))[:, 0])
+        assert model.decode(tokens).reconstruction.shape == (2, 3, height // 2 * 2, width // 2 * 2)
+        video = torch.rand(1, 4, 3, height, width, generator=torch.Generator().manual_seed(7)) * 2 - 1
+        assert torch.equal(model.encode(video).tokens, _reference_codes(reference, video))
+
+
+def test_attention_at_a_narrower_level_keeps_its_width(tmp_path):
+    """`attn_resolutions=[0]` with `channel_multiplier=[1, 2]`: the original builds the level-0 attention 32 wide
+    (its level's channels) next to the 64-wide middle attention; transformers' Emu3VQVAE cannot (one hidden_size)."""
+    config = Emu3VQVAEConfig(**{**TINY, "attn_resolutions": [0, 1]})
+    model = Emu3VisionTokenizer(config).eval()
+    widths = {
+        name: module.weight.shape for name, module in model.named_modules() if name.endswith(("q_proj", "out_proj"))
+    }
+    assert widths["encoder.down_block.down.0.attn.0.q_proj"] == (32, 32)
+    assert widths["decoder.up_block.up.0.attn.1.out_proj"] == (32, 32)
+    assert widths["encoder.down_block.down.1.attn.0.q_proj"] == (64, 64)
+    assert widths["encoder.middle_block.attn_1.q_proj"] == (64, 64)
+    # the level-0 attention is a residual single-head attention over h*w with scale 32^-0.5 (written out)
+    attention, norm = model.encoder.down_block.down[0].attn[0], model.encoder.down_block.down[0].attn_norms[0]
+    x = torch.randn(1, 32, 3, 5)
+    flat = norm(x).flatten(2).transpose(1, 2)
+    q, k, v = attention.q_proj(flat), attention.k_proj(flat), attention.v_proj(flat)
+    expected = attention.out_proj(torch.softmax(q @ k.transpose(1, 2) / 32**0.5, dim=-1) @ v)
+    torch.testing.assert_close(attention(flat)[0], expected)
+    model.save_pretrained(tmp_path)
+    reloaded, info = Emu3VisionTokenizer.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()), info
+    image = torch.rand(1, 3, 8, 12) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(reloaded.encode(image).tokens, model.encode(image).tokens)

@@ -103,7 +103,7 @@ def test_conversion_without_prior_weights(parity_root, tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda c: c.update(learned_decoder_latent_pe=True), "learned_decoder_latent_pe"),
+        (lambda c: c["bottleneck"]["args"].update(norm="layernorm"), "bottleneck norm"),
         (lambda c: c["bottleneck"]["args"]["regularizer"]["args"].update(stochastic=False), "stochastic VQ"),
         (lambda c: c.update(transformer_name="transformer_encoder_fused"), "transformer_name"),
     ],
@@ -168,12 +168,13 @@ def test_stochastic_quantizer_samples_only_when_asked():
 
 
 def _tiny(**overrides):
-    config = LARPConfig(
-        image_size=16, num_frames=8, patch_size=8, temporal_patch_size=2, decoder_patch_size=8,
-        decoder_temporal_patch_size=2, num_latent_tokens=6, encoder_hidden_size=16, encoder_num_hidden_layers=1,
-        encoder_num_attention_heads=2, decoder_hidden_size=16, decoder_num_hidden_layers=1,
-        decoder_num_attention_heads=2, bottleneck_dim=4, codebook_size=32, **overrides,
-    )
+    config = LARPConfig(**{
+        "image_size": 16, "num_frames": 8, "patch_size": 8, "temporal_patch_size": 2, "decoder_patch_size": 8,
+        "decoder_temporal_patch_size": 2, "num_latent_tokens": 6, "encoder_hidden_size": 16,
+        "encoder_num_hidden_layers": 1, "encoder_num_attention_heads": 2, "decoder_hidden_size": 16,
+        "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2, "bottleneck_dim": 4, "codebook_size": 32,
+        **overrides,
+    })
     torch.manual_seed(0)
     return LARPModel(config).eval()
 
@@ -209,3 +210,88 @@ def test_sample_argument_draws_codes_in_eval():
         repeated = model.encode(clip, sample=True, generator=torch.Generator().manual_seed(1)).tokens
     assert torch.equal(sampled, repeated) and not torch.equal(sampled, argmax)
     assert torch.equal(model.encode(clip).tokens, argmax)
+
+
+def test_prior_without_l2_normalisation():
+    """GPTC's `l2_normalized: false` (prior `args`) returns the raw head output; the converter reads the flag."""
+    prior = dict(prior_hidden_size=16, prior_num_hidden_layers=1, prior_num_attention_heads=1,
+                 prior_max_position_embeddings=6, prior_latent_ce_temperature=0.5)
+    normalised, raw = _tiny(**prior), _tiny(**prior, prior_l2_normalized=False)
+    raw.load_state_dict(normalised.state_dict())
+    vectors = torch.randn(2, 6, 4) * 3
+    with torch.no_grad():
+        expected = raw.prior_predict(vectors)
+        torch.testing.assert_close(expected[:, 0], vectors[:, 0])  # position 0 repeats the input, not normalised
+        assert not torch.allclose(expected.norm(dim=-1), torch.ones(2, 6))
+        torch.testing.assert_close(torch.nn.functional.normalize(expected, dim=-1), normalised.prior_predict(vectors))
+        # logits: raw predictions against the l2-normalised codebook, / temperature (written out)
+        codebook = torch.nn.functional.normalize(raw.quantizer.embedding, dim=-1)
+        torch.testing.assert_close(raw.prior_logits(vectors), expected[:, 1:] @ codebook.T / 0.5)
+
+
+def test_conversion_reads_the_prior_l2_flag(parity_root, tmp_path):
+    with_prior = [c for c in _cases(parity_root)
+                  if "prior_model.input_proj.weight" in load_file(c / "original" / "model.safetensors")]
+    if not with_prior:
+        pytest.skip("no LARP case with prior weights")
+    case = with_prior[0]
+    config = json.loads((case / "original" / "config.json").read_text())
+    config["prior_model"].setdefault("args", {})["l2_normalized"] = False
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    args = ["--config", str(tmp_path / "config.json")]
+    if (case / "presets.json").is_file():
+        args += ["--preset-overrides", str(case / "presets.json")]
+    assert convert_main(["larp", str(case / "original"), str(tmp_path / "dest"), *args]) == 0
+    assert AutoModel.from_pretrained(tmp_path / "dest").config.prior_l2_normalized is False
+
+
+def test_learned_position_tables_fold_like_the_original(tmp_path):
+    """The original's learned per-axis tables are summed in (t, h, w) order, and token-type vectors added, before
+    use; the converter folds them into saved tables (written-out index formula)."""
+    from vistok.conversion.convert_larp import _position_tables
+
+    grid_t, grid_h, grid_w, dim = 2, 3, 4, 5
+    generator = torch.Generator().manual_seed(0)
+    state = {
+        "encoder_t_embed": torch.randn(1, grid_t, 1, 1, dim, generator=generator),
+        "encoder_h_embed": torch.randn(1, 1, grid_h, 1, dim, generator=generator),
+        "encode_w_embed": torch.randn(1, 1, 1, grid_w, dim, generator=generator),
+        "encoder_patch_token_type_embed": torch.randn(1, 1, dim, generator=generator),
+        "decoder_latent_pe": torch.randn(1, 6, dim, generator=generator),
+        "decoder_patch_query_embed": torch.randn(1, grid_t * grid_h * grid_w, dim, generator=generator),
+    }
+    tables, consumed = _position_tables(state)
+    table = tables["embeddings.position_embedding"]
+    assert table.shape == (grid_t * grid_h * grid_w, dim)
+    for t, h, w in ((0, 0, 0), (1, 2, 3), (1, 0, 2)):
+        expected = (state["encoder_t_embed"][0, t, 0, 0] + state["encoder_h_embed"][0, 0, h, 0]
+                    + state["encode_w_embed"][0, 0, 0, w] + state["encoder_patch_token_type_embed"][0, 0])
+        torch.testing.assert_close(table[(t * grid_h + h) * grid_w + w], expected)
+    torch.testing.assert_close(tables["decoder_embeddings.latent_position_embedding"], state["decoder_latent_pe"][0])
+    assert sorted(consumed) == sorted(state)
+    # a model with learned tables saves and reloads them (they are parameters, not recomputed buffers)
+    model = _tiny(learned_position_embeddings=True)
+    with torch.no_grad():
+        model.embeddings.position_embedding.add_(1.0)
+    model.save_pretrained(tmp_path)
+    reloaded = LARPModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(reloaded.embeddings.position_embedding, model.embeddings.position_embedding)
+    assert "embeddings.position_embedding" not in _tiny().state_dict()
+
+
+def test_num_frames_not_a_multiple_of_the_temporal_patch():
+    """frame_num 9 with temporal patches of 2 (the original accepts it): the strided patch convolution never reads
+    frame 8, so a 9-frame clip has the codes of its first 8 frames under the same weights with num_frames 8, and the
+    decoder predicts 2 * (9 // 2) = 8 frames. Other lengths must be multiples of 2."""
+    odd, even = _tiny(num_frames=9), _tiny()
+    odd.load_state_dict(even.state_dict())
+    clip = torch.rand(2, 9, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        tokens = odd.encode(clip).tokens
+        assert torch.equal(tokens, even.encode(clip[:, :8]).tokens)
+        reconstruction = odd.decode(tokens, num_frames=9).reconstruction
+        assert reconstruction.shape == (2, 8, 3, 16, 16)
+        torch.testing.assert_close(reconstruction, even.decode(tokens, num_frames=8).reconstruction)
+        assert odd(clip).reconstruction.shape == (2, 8, 3, 16, 16)
+    with pytest.raises(ValueError, match=r"9 frames \(the full clip\) or a multiple of 2 frames between 2 and 9, got 7"):
+        odd.encode(clip[:, :7])

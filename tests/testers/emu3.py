@@ -11,11 +11,12 @@ _CONFIG = dict(
     attn_resolutions=[1], hidden_size=64,
 )
 _PROCESSOR = dict(spatial_factor=2, size={"height": 16, "width": 24})
-# one model takes images [B, C, H, W] and videos [B, T, C, H, W] of any size (multiples of 2) and grids of any size:
+# one model takes images [B, C, H, W] and videos [B, T, C, H, W] of any size >= 2 (the grid floors odd sides, as the
+# original does; a side of 1 is refused) and grids of any size:
 # a grid with one more column, or a clip / grid without its batch dimension, is a valid input
 _COMMON = dict(
     config_class=Emu3VQVAEConfig, model_class=Emu3VisionTokenizer, config_kwargs=_CONFIG, input_range=(-1.0, 1.0),
-    variable_token_grid=True, bad_spatial_size=(17, 24),
+    variable_token_grid=True, bad_spatial_size=(1, 24),
 )
 
 
