@@ -178,6 +178,7 @@ SYSTEMS = (
     System(
         "video_llama_3",
         config="transformers.models.video_llama_3.configuration_video_llama_3:VideoLlama3Config",
+        video_processors={"torchvision": "processing.video_processing_videollama3:VideoLlama3PilVideoProcessor"},
         converters={"videollama3": "conversion.convert_videollama3"},
     ),
 )
