@@ -181,11 +181,13 @@ def test_image_views_match_original(parity_root):
         io = load_file(case_dir / "io.safetensors")
         low_h, low_w = io["pixel_values_lowres"].shape[-2:]
         # the fixture's LOWRES_RESIZE is not recorded in the tensors: take the base size that gives its shape
+        raw = io["image_uint8"].numpy()
+        images = list(raw) if raw.ndim == 4 else [raw]  # [B, H, W, 3] for batched cases
         lowres_size = next(
             s for s in range(32, 4096, 32)
-            if OlaImageProcessor(lowres_size=s).views(io["image_uint8"].numpy())[1].size == (low_w, low_h)
+            if OlaImageProcessor(lowres_size=s).views(images[0])[1].size == (low_w, low_h)
         )
-        out = OlaImageProcessor(lowres_size=lowres_size)(images=io["image_uint8"].numpy())
+        out = OlaImageProcessor(lowres_size=lowres_size)(images=images)
         expected = _pack_images(_image_items(io))
         for key, value in expected.items():
             torch.testing.assert_close(out[key], value, atol=0, rtol=0)
