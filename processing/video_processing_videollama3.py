@@ -11,6 +11,10 @@ multiples of ``patch_size * merge_size``:
   side at least one factor. The original (``simple_batched_resize``) checks the maximum budget
   (``max_tokens // frames``) and then, independently, the minimum one (``min_tokens``): with more frames than
   ``max_tokens / min_tokens`` the minimum wins.
+
+One difference is kept on purpose: the original divides ``max_tokens`` by the frames of *all* videos (and images)
+passed in one call, so a video's size depends on what it is batched with; here each video gets the budget for its
+own frame count (identical for one video per call, the original's inference path).
 """
 
 import math
