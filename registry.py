@@ -173,6 +173,9 @@ SYSTEMS = (
     System(
         "internvl",
         config="transformers.models.internvl.configuration_internvl:InternVLConfig",
+        # used only for checkpoints with use_thumbnail=false (transformers' GotOcr2 processors otherwise)
+        image_processors={"torchvision": "processing.image_processing_internvl2_5:InternVLChatImageProcessor",
+                          "pil": "processing.image_processing_internvl2_5:InternVLChatImageProcessorPil"},
         converters={"internvl2_5": "conversion.convert_internvl2_5"},
     ),
     System(

@@ -226,17 +226,18 @@ def tile_size(original: dict, vision: dict) -> int:
     return size
 
 
-def build_processors(original: dict, vision: dict, tokenizer, image_seq_length: int, notes: list) -> list:
+def build_processors(original: dict, vision: dict, tokenizer, image_seq_length: int) -> list:
     side = tile_size(original, vision)
     size = {"height": side, "width": side}
-    if not original.get("use_thumbnail", True) and original.get("dynamic_image_size", True):
-        notes.append("use_thumbnail=false: transformers' InternVL image processor always appends a thumbnail to "
-                     "multi-tile images, unlike this checkpoint's training setup")
-    image_processor = GotOcr2ImageProcessorPil(
-        size=size, crop_to_patches=bool(original.get("dynamic_image_size", True)),
-        min_patches=original.get("min_dynamic_patch", 1), max_patches=original.get("max_dynamic_patch", 12),
-        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
-    )
+    tiling = dict(size=size, crop_to_patches=bool(original.get("dynamic_image_size", True)),
+                  min_patches=original.get("min_dynamic_patch", 1), max_patches=original.get("max_dynamic_patch", 12),
+                  image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    if original.get("use_thumbnail", True):
+        image_processor = GotOcr2ImageProcessorPil(**tiling)
+    else:  # transformers' tiling always appends the thumbnail; the original only with use_thumbnail
+        from ..processing.image_processing_internvl2_5 import InternVLChatImageProcessorPil
+
+        image_processor = InternVLChatImageProcessorPil(**tiling, use_thumbnail=False)
     processors = [image_processor]
     if is_torchvision_available():
         from transformers import InternVLVideoProcessor
@@ -297,5 +298,5 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         model.generation_config.eos_token_id = list(dict.fromkeys([*eos, im_end]))
-    processors = build_processors(original, vision, tokenizer, image_seq_length, notes)
+    processors = build_processors(original, vision, tokenizer, image_seq_length)
     return ConversionResult(model=model, processors=processors, notes=notes)

@@ -14,7 +14,12 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoImageProcessor, AutoModelForImageTextToText, InternVLForConditionalGeneration
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageTextToText,
+    GotOcr2ImageProcessorPil,
+    InternVLForConditionalGeneration,
+)
 
 import vistok  # noqa: F401
 from hub_fixtures import fake_hub, hub_client  # noqa: F401  (pytest fixtures)
@@ -359,3 +364,26 @@ def test_odd_patch_grid_is_refused(parity_root, tmp_path):
     (source / "model.safetensors").symlink_to(case / "original" / "model.safetensors")
     with pytest.raises(ConversionError, match="even number"):
         convert(source)
+
+
+def test_use_thumbnail_false_tiles_without_the_thumbnail(parity_root, tmp_path):
+    """``use_thumbnail: false``: the original's dynamic_preprocess returns the tiles only. A 30x50 image, 16 px tiles,
+    at most 6: the closest grid to 50/30 among cols*rows <= 6 is 3x2 (ratio 1.5), so 6 tiles, no 7th."""
+    case = parity_cases(parity_root)[0]
+    config = json.loads((case / "original" / "config.json").read_text())
+    tile = config["force_image_size"]
+    source = tmp_path / "release"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps(config | {"use_thumbnail": False, "max_dynamic_patch": 6}))
+    (source / "model.safetensors").symlink_to(case / "original" / "model.safetensors")
+    assert convert_main(["internvl2_5", str(source), str(tmp_path / "converted")]) == 0
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30 * tile // 16, 50 * tile // 16, 3),
+                                                              dtype=np.uint8))
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "converted", backend="pil")
+    out = processor(image, return_tensors="pt")
+    assert out["num_patches"].tolist() == [6] and out["pixel_values"].shape[0] == 6
+    with_thumbnail = GotOcr2ImageProcessorPil(**{k: getattr(processor, k) for k in (
+        "size", "crop_to_patches", "min_patches", "max_patches", "image_mean", "image_std")})(image, return_tensors="pt")
+    assert torch.equal(out["pixel_values"], with_thumbnail["pixel_values"][:-1])  # same tiles, same order
+    fast = AutoImageProcessor.from_pretrained(tmp_path / "converted")
+    assert fast(image, return_tensors="pt")["num_patches"].tolist() == [6]
