@@ -181,12 +181,16 @@ SYSTEMS = (
         "internvl",
         config="transformers.models.internvl.configuration_internvl:InternVLConfig",
         models=_checked_transformers_models("modeling.modeling_internvl", "InternVL"),
+        # used only for checkpoints with use_thumbnail=false (transformers' GotOcr2 processors otherwise)
+        image_processors={"torchvision": "processing.image_processing_internvl2_5:InternVLChatImageProcessor",
+                          "pil": "processing.image_processing_internvl2_5:InternVLChatImageProcessorPil"},
         converters={"internvl2_5": "conversion.convert_internvl2_5"},
     ),
     System(
         "video_llama_3",
         config="transformers.models.video_llama_3.configuration_video_llama_3:VideoLlama3Config",
         models=_checked_transformers_models("modeling.modeling_video_llama_3", "VideoLlama3"),
+        video_processors={"torchvision": "processing.video_processing_videollama3:VideoLlama3PilVideoProcessor"},
         converters={"videollama3": "conversion.convert_videollama3"},
     ),
     System(

@@ -256,16 +256,28 @@ def image_token_id(tokenizer, vocab_size: int, overrides: dict, notes: list) -> 
     return token_id
 
 
-def build_processors(original: dict, vision: dict, tokenizer, image_seq_length: int, notes: list) -> list:
-    size = {"height": vision["image_size"], "width": vision["image_size"]}
-    if not original.get("use_thumbnail", True) and original.get("dynamic_image_size", True):
-        notes.append("use_thumbnail=false: transformers' InternVL image processor always appends a thumbnail to "
-                     "multi-tile images, unlike this checkpoint's training setup")
-    image_processor = GotOcr2ImageProcessorPil(
-        size=size, crop_to_patches=bool(original.get("dynamic_image_size", True)),
-        min_patches=original.get("min_dynamic_patch", 1), max_patches=original.get("max_dynamic_patch", 12),
-        image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD,
-    )
+def tile_size(original: dict, vision: dict) -> int:
+    """Side of the tiles the model is fed: ``force_image_size`` when set (the ViT then resizes its position table,
+    bicubic, as transformers' InternVL vision embeddings do), else the position table's own size."""
+    size = original.get("force_image_size") or vision["image_size"]
+    if size % vision["patch_size"] or (size // vision["patch_size"]) % 2:
+        raise ConversionError(f"tile size {size} must be an even number of {vision['patch_size']}-pixel patches "
+                              "(pixel shuffle 0.5 merges 2x2 patches).")
+    return size
+
+
+def build_processors(original: dict, vision: dict, tokenizer, image_seq_length: int) -> list:
+    side = tile_size(original, vision)
+    size = {"height": side, "width": side}
+    tiling = dict(size=size, crop_to_patches=bool(original.get("dynamic_image_size", True)),
+                  min_patches=original.get("min_dynamic_patch", 1), max_patches=original.get("max_dynamic_patch", 12),
+                  image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD)
+    if original.get("use_thumbnail", True):
+        image_processor = GotOcr2ImageProcessorPil(**tiling)
+    else:  # transformers' tiling always appends the thumbnail; the original only with use_thumbnail
+        from ..processing.image_processing_internvl2_5 import InternVLChatImageProcessorPil
+
+        image_processor = InternVLChatImageProcessorPil(**tiling, use_thumbnail=False)
     processors = [image_processor]
     if is_torchvision_available():
         from transformers import InternVLVideoProcessor
@@ -311,7 +323,7 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     if projector_in != round(vision["hidden_size"] / downsample**2):
         raise ConversionError(f"mlp1 expects {projector_in} features, pixel shuffle gives "
                               f"{round(vision['hidden_size'] / downsample**2)} (downsample_ratio {downsample}).")
-    image_seq_length = round((vision["image_size"] // vision["patch_size"]) ** 2 * downsample**2)
+    image_seq_length = round((tile_size(original, vision) // vision["patch_size"]) ** 2 * downsample**2)
     notes = []
     tokenizer = find_tokenizer(folder)
     config = InternVLConfig(
@@ -334,5 +346,5 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         model.generation_config.eos_token_id = list(dict.fromkeys([*eos, im_end]))
-    processors = build_processors(original, vision, tokenizer, image_seq_length, notes)
+    processors = build_processors(original, vision, tokenizer, image_seq_length)
     return ConversionResult(model=model, processors=processors, notes=notes)

@@ -145,9 +145,10 @@ def build_text_config(original: dict, shapes: dict) -> LlamaConfig:
 def build_config(original: dict, shapes: dict, vision_config: CLIPVisionConfig) -> LlavaMiniConfig:
     if original.get("mm_projector_type", "mlp2x_gelu") != "mlp2x_gelu":
         raise ConversionError(f"only the mlp2x_gelu projector is supported, got {original['mm_projector_type']!r}.")
-    if original.get("image_aspect_ratio", "square") != "square":
+    if str(original.get("image_aspect_ratio", "square")).startswith("anyres"):
         raise ConversionError(
-            f"image_aspect_ratio {original['image_aspect_ratio']!r} is not supported; the release uses 'square'."
+            f"image_aspect_ratio {original['image_aspect_ratio']!r} is not supported (LLaVA-Mini's compressor takes "
+            "one view or N*N + 1 high-resolution views); expected 'square' (the release) or 'pad'."
         )
     select = original.get("mm_vision_select_feature", "patch")
     if select != "patch":
@@ -219,7 +220,8 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         _compare_tower(model, tower_dir, notes)
     if (source / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(source)
-    return ConversionResult(model=model, processors=_processors(tower_dir, config, tokenizer), notes=notes)
+    return ConversionResult(model=model, processors=_processors(
+        tower_dir, config, tokenizer, pad_to_square=original.get("image_aspect_ratio") == "pad"), notes=notes)
 
 
 def _compare_tower(model, tower_dir: Path, notes: list) -> None:
@@ -249,7 +251,9 @@ def _load_tokenizer(source: Path):
     return tokenizer
 
 
-def _processors(tower_dir: Path | None, config: LlavaMiniConfig, tokenizer) -> list:
+def _processors(tower_dir: Path | None, config: LlavaMiniConfig, tokenizer, pad_to_square: bool) -> list:
+    """Image / video processors (+ the processor with a tokenizer). `pad_to_square`: the original's
+    `image_aspect_ratio: "pad"` (images only: the original's video reader resizes frames itself)."""
     size = config.vision_config.image_size
     fields = {"size": {"shortest_edge": size}, "crop_size": {"height": size, "width": size}}
     if tower_dir is not None and (tower_dir / "preprocessor_config.json").is_file():
@@ -257,7 +261,7 @@ def _processors(tower_dir: Path | None, config: LlavaMiniConfig, tokenizer) -> l
         fields.update({k: original[k] for k in ("size", "crop_size", "image_mean", "image_std", "resample",
                                                 "rescale_factor") if k in original})
     fields["resolution_ratio"] = config.resolution_ratio
-    image_processor = LlavaMiniImageProcessor(**fields)
+    image_processor = LlavaMiniImageProcessor(**fields, pad_to_square=pad_to_square)
     video_processor = LlavaMiniVideoProcessor(**fields)
     if tokenizer is None:
         return [image_processor, video_processor]

@@ -83,7 +83,7 @@ WHISPER_DROPPED = [r"decoder\..+", r"alignment_heads"]
 
 BEATS = r"model.beats_tower."
 BEATS_KEY_MAPPING = [
-    (r"patch_embedding\.weight",                          BEATS + r"embeddings.patch_embedding.weight"),
+    (r"patch_embedding\.(weight|bias)",                   BEATS + r"embeddings.patch_embedding.\1"),  # bias: conv_bias
     (r"layer_norm\.(weight|bias)",                        BEATS + r"embeddings.layer_norm.\1"),
     (r"post_extract_proj\.(weight|bias)",                 BEATS + r"embeddings.projection.\1"),
     (r"encoder\.pos_conv\.0\.(weight_g|weight_v)",        BEATS + r"pos_conv_embed.conv.\1"),

@@ -146,9 +146,10 @@ def build_processors(folder: Path, original: dict, patch_size: int, tokenizer) -
     processors = [image_processor]
     video_processor = None
     if is_torchvision_available():
-        from transformers import VideoLlama3VideoProcessor
+        from ..processing.video_processing_videollama3 import VideoLlama3PilVideoProcessor
 
-        video_processor = VideoLlama3VideoProcessor(
+        # the original's frame size budget and PIL resampling (transformers' own processor differs off-grid)
+        video_processor = VideoLlama3PilVideoProcessor(
             merge_size=video_merge, size=size(video_merge), do_sample_frames=True, fps=processor_config.get("fps", 1),
             max_frames=processor_config.get("max_frames", 180),
             use_token_compression=bool(original.get("use_token_compression", True)), **common,

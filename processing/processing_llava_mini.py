@@ -52,27 +52,51 @@ def one_frame_per_second(
     return np.array([(start + end) // 2 for start, end in bounds])
 
 
+def expand_to_square(image: Image.Image, fill: tuple[int, ...]) -> Image.Image:
+    """The `image_aspect_ratio: "pad"` view: `image` pasted on a square canvas of its longer side, filled with `fill`,
+    at offset ((side - width) // 2, (side - height) // 2). Square images are returned as they are."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
 class LlavaMiniImagesKwargs(ImagesKwargs, total=False):
-    """resolution_ratio: N; N > 1 returns N*N crops + the whole image per image."""
+    """resolution_ratio: N; N > 1 returns N*N crops + the whole image per image. pad_to_square: pad every view to a
+    square of the mean colour before the CLIP resize (the original's `image_aspect_ratio: "pad"`)."""
 
     resolution_ratio: int
+    pad_to_square: bool
 
 
 class _HighResolutionMixin:
-    """Adds LLaVA-Mini's high-resolution views: with `resolution_ratio` N > 1 each image becomes N*N crops plus the
-    whole image, each preprocessed like an image, so `pixel_values` is [num_images, N*N + 1, 3, S, S]."""
+    """Adds LLaVA-Mini's views: with `resolution_ratio` N > 1 each image becomes N*N crops plus the whole image, each
+    preprocessed like an image, so `pixel_values` is [num_images, N*N + 1, 3, S, S]; with `pad_to_square` each view
+    is first padded to a square filled with `int(255 * image_mean)` (as the original's `process_images` with
+    `image_aspect_ratio: "pad"`, which pads every view it is given)."""
 
     resolution_ratio = 1
+    pad_to_square = False
     valid_kwargs = LlavaMiniImagesKwargs
     model_input_names = ["pixel_values"]
 
     def preprocess(self, images, *args, **kwargs):
         ratio = kwargs.pop("resolution_ratio", None) or self.resolution_ratio
-        if ratio == 1:
+        pad = kwargs.pop("pad_to_square", None)
+        pad = self.pad_to_square if pad is None else pad
+        if ratio == 1 and not pad:
             return super().preprocess(images, *args, **kwargs)
         flat = make_flat_list_of_images(images)
         views = [view for image in flat for view in split_image(_as_pil(image), ratio)]
+        if pad:
+            fill = tuple(int(x * 255) for x in kwargs.get("image_mean") or self.image_mean)
+            views = [expand_to_square(view, fill) for view in views]
         outputs = super().preprocess(views, *args, **kwargs)
+        if ratio == 1:
+            return outputs
         pixel_values = outputs["pixel_values"]
         if isinstance(pixel_values, (list, tuple)):
             pixel_values = np.stack([np.asarray(p) for p in pixel_values])

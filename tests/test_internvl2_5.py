@@ -16,12 +16,17 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoImageProcessor, AutoModelForImageTextToText, InternVLForConditionalGeneration
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageTextToText,
+    GotOcr2ImageProcessorPil,
+    InternVLForConditionalGeneration,
+)
 
 import vistok  # noqa: F401
 from hub_fixtures import fake_hub, hub_client  # noqa: F401  (pytest fixtures)
 from vistok.conversion.__main__ import main as convert_main
-from vistok.conversion.convert_internvl2_5 import split_wqkv
+from vistok.conversion.convert_internvl2_5 import convert, split_wqkv
 from vistok.conversion.utils import ConversionError
 
 
@@ -542,3 +547,74 @@ def test_checkpoints_with_the_hermes2_template_get_its_chat_template(parity_root
                                      tokenizer, 4, notes)[-1]
         assert processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == expected
     assert len(notes) == 1 and "phi3-chat" in notes[0]
+
+
+def test_force_image_size_sets_the_tile_size_and_resizes_the_position_table(parity_root, tmp_path):
+    """``force_image_size`` != the ViT's own size: the original tiles at force_image_size, counts
+    int((force / patch)^2 * 0.25) tokens per tile and bicubic-resizes the position table to the tile's grid."""
+    case = parity_cases(parity_root)[0]
+    config = json.loads((case / "original" / "config.json").read_text())
+    state = load_file(str(case / "original" / "model.safetensors"))
+    patch = state["vision_model.embeddings.patch_embedding.weight"].shape[-1]
+    table_grid = int((state["vision_model.embeddings.position_embedding"].shape[1] - 1) ** 0.5)
+    force = (table_grid + 2) * patch  # 2 patches more per side than the table, still even
+    source = tmp_path / "release"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps(config | {"force_image_size": force}))
+    save_file(state, str(source / "model.safetensors"))
+    assert convert_main(["internvl2_5", str(source), str(tmp_path / "converted")]) == 0
+
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "converted").eval()
+    assert model.config.image_seq_length == int((force / patch) ** 2 * 0.25)
+    image_processor = AutoImageProcessor.from_pretrained(tmp_path / "converted", backend="pil")
+    tiles = image_processor(Image.fromarray(np.full((30, 70, 3), 90, np.uint8)), return_tensors="pt")["pixel_values"]
+    assert tiles.shape[-2:] == (force, force)
+    pixels = torch.randn(1, 3, force, force, generator=torch.Generator().manual_seed(0))
+    grid = force // patch
+    table = state["vision_model.embeddings.position_embedding"]
+    resized = torch.nn.functional.interpolate(
+        table[:, 1:].reshape(1, table_grid, table_grid, -1).permute(0, 3, 1, 2), size=(grid, grid), mode="bicubic",
+        align_corners=False).flatten(2).transpose(1, 2)
+    patches = torch.nn.functional.conv2d(pixels, state["vision_model.embeddings.patch_embedding.weight"],
+                                         state["vision_model.embeddings.patch_embedding.bias"], stride=patch)
+    expected = torch.cat([state["vision_model.embeddings.class_embedding"] + table[:, :1],
+                          patches.flatten(2).transpose(1, 2) + resized], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.model.vision_tower.embeddings(pixels), expected, atol=1e-5, rtol=1e-5)
+        assert model.model.get_image_features(pixel_values=pixels).pooler_output.shape[1] == (grid // 2) ** 2
+
+
+def test_odd_patch_grid_is_refused(parity_root, tmp_path):
+    """Pixel shuffle 0.5 needs an even patch grid (the original's reshape fails otherwise): a clear error."""
+    case = parity_cases(parity_root)[0]
+    config = json.loads((case / "original" / "config.json").read_text())
+    patch = config["vision_config"]["patch_size"]
+    source = tmp_path / "release"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps(config | {"force_image_size": 5 * patch}))
+    (source / "model.safetensors").symlink_to(case / "original" / "model.safetensors")
+    with pytest.raises(ConversionError, match="even number"):
+        convert(source)
+
+
+def test_use_thumbnail_false_tiles_without_the_thumbnail(parity_root, tmp_path):
+    """``use_thumbnail: false``: the original's dynamic_preprocess returns the tiles only. A 30x50 image, 16 px tiles,
+    at most 6: the closest grid to 50/30 among cols*rows <= 6 is 3x2 (ratio 1.5), so 6 tiles, no 7th."""
+    case = parity_cases(parity_root)[0]
+    config = json.loads((case / "original" / "config.json").read_text())
+    tile = config["force_image_size"]
+    source = tmp_path / "release"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps(config | {"use_thumbnail": False, "max_dynamic_patch": 6}))
+    (source / "model.safetensors").symlink_to(case / "original" / "model.safetensors")
+    assert convert_main(["internvl2_5", str(source), str(tmp_path / "converted")]) == 0
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30 * tile // 16, 50 * tile // 16, 3),
+                                                              dtype=np.uint8))
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "converted", backend="pil")
+    out = processor(image, return_tensors="pt")
+    assert out["num_patches"].tolist() == [6] and out["pixel_values"].shape[0] == 6
+    with_thumbnail = GotOcr2ImageProcessorPil(**{k: getattr(processor, k) for k in (
+        "size", "crop_to_patches", "min_patches", "max_patches", "image_mean", "image_std")})(image, return_tensors="pt")
+    assert torch.equal(out["pixel_values"], with_thumbnail["pixel_values"][:-1])  # same tiles, same order
+    fast = AutoImageProcessor.from_pretrained(tmp_path / "converted")
+    assert fast(image, return_tensors="pt")["num_patches"].tolist() == [6]

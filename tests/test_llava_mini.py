@@ -14,6 +14,7 @@ from vistok import LlavaMiniConfig, LlavaMiniForConditionalGeneration
 from vistok.conversion.__main__ import main as convert_main
 from vistok.conversion.utils import ConversionError
 from vistok.modeling.modeling_llava_mini import compressor_position_table
+from vistok.processing.processing_llava_mini import expand_to_square
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 ORIGINAL_IMAGE_TOKEN = -200  # IMAGE_TOKEN_INDEX of the original code
@@ -179,6 +180,40 @@ def test_conversion_is_strict(parity_root, tmp_path):
     shutil.rmtree(source / "vision_tower")
     with pytest.raises(ConversionError, match="mm_vision_tower"):
         vistok.conversion.__main__.convert("llava-mini", source, tmp_path / "c")
+
+
+
+def test_expand_to_square_hand_values():
+    """LLaVA's "pad" view: the image centred on its longer side (offset floor(diff / 2)), the rest filled."""
+    wide = Image.fromarray(np.arange(2 * 5 * 3, dtype=np.uint8).reshape(2, 5, 3))  # h=2, w=5 -> 5x5, rows 1..2
+    out = np.asarray(expand_to_square(wide, (7, 8, 9)))
+    assert out.shape == (5, 5, 3)
+    np.testing.assert_array_equal(out[1:3], np.asarray(wide))
+    assert (out[[0, 3, 4]] == [7, 8, 9]).all()
+    tall = Image.fromarray(np.full((4, 1, 3), 200, np.uint8))  # h=4, w=1 -> 4x4, column 1
+    out = np.asarray(expand_to_square(tall, (1, 2, 3)))
+    assert (out[:, 1] == 200).all() and (out[:, [0, 2, 3]] == [1, 2, 3]).all()
+    assert expand_to_square(wide.crop((0, 0, 2, 2)), (0, 0, 0)).size == (2, 2)
+
+
+def test_pad_aspect_ratio_converts_to_a_padding_image_processor(parity_root, tmp_path):
+    """`image_aspect_ratio: "pad"` (LLaVA-style configs): the converted image processor pads every view with the
+    CLIP mean colour first; "anyres" (not an input the compressor takes) is refused by name."""
+    case = _cases(parity_root)[0]
+    source = tmp_path / "release"
+    shutil.copytree(case / "original", source)
+    config = json.loads((source / "config.json").read_text())
+    (source / "config.json").write_text(json.dumps(config | {"image_aspect_ratio": "pad"}))
+    assert convert_main(["llava-mini", str(source), str(tmp_path / "pad")]) == 0
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "pad", backend="pil")
+    assert processor.pad_to_square
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (23, 57, 3), dtype=np.uint8))
+    fill = tuple(int(255 * m) for m in processor.image_mean)
+    expected = processor(expand_to_square(image, fill), pad_to_square=False, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(processor(image, return_tensors="pt")["pixel_values"], expected, atol=0, rtol=0)
+    (source / "config.json").write_text(json.dumps(config | {"image_aspect_ratio": "anyres"}))
+    with pytest.raises(ConversionError, match="image_aspect_ratio 'anyres'"):
+        vistok.conversion.__main__.convert("llava-mini", source, tmp_path / "anyres")
 
 
 # ----- tiny models: batching, generation, high resolution, video -----

@@ -181,11 +181,13 @@ def test_image_views_match_original(parity_root):
         io = load_file(case_dir / "io.safetensors")
         low_h, low_w = io["pixel_values_lowres"].shape[-2:]
         # the fixture's LOWRES_RESIZE is not recorded in the tensors: take the base size that gives its shape
+        raw = io["image_uint8"].numpy()
+        images = list(raw) if raw.ndim == 4 else [raw]  # [B, H, W, 3] for batched cases
         lowres_size = next(
             s for s in range(32, 4096, 32)
-            if OlaImageProcessor(lowres_size=s).views(io["image_uint8"].numpy())[1].size == (low_w, low_h)
+            if OlaImageProcessor(lowres_size=s).views(images[0])[1].size == (low_w, low_h)
         )
-        out = OlaImageProcessor(lowres_size=lowres_size)(images=io["image_uint8"].numpy())
+        out = OlaImageProcessor(lowres_size=lowres_size)(images=images)
         expected = _pack_images(_image_items(io))
         for key, value in expected.items():
             torch.testing.assert_close(out[key], value, atol=0, rtol=0)
@@ -436,3 +438,25 @@ def test_tied_release_converts_with_a_tied_head(parity_root, tmp_path):
     model = AutoModelForMultimodalLM.from_pretrained(tmp_path / "out")
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     torch.testing.assert_close(model.lm_head.weight, state["model.embed_tokens.weight"], atol=0, rtol=0)
+
+
+def test_beats_patch_embedding_bias_is_converted(parity_root, tmp_path):
+    """A BEATs file with `conv_bias: true` (patch-embedding conv with a bias) converts the bias too, and the
+    converted patch embedding equals the conv computed by hand from the file's tensors."""
+    case_dir = _cases(parity_root)[0]
+    source = tmp_path / "release"
+    shutil.copytree(case_dir / "original", source)
+    beats_file = next((source / "pretrained").glob("BEATs*.pt"))
+    beats = torch.load(beats_file, weights_only=True)
+    weight = beats["model"]["patch_embedding.weight"]
+    bias = torch.linspace(-0.5, 0.5, weight.shape[0])
+    beats["cfg"]["conv_bias"] = True
+    beats["model"]["patch_embedding.bias"] = bias
+    torch.save(beats, beats_file)
+    assert convert_main(["ola", str(source), str(tmp_path / "out")]) == 0
+    model = AutoModelForMultimodalLM.from_pretrained(tmp_path / "out")
+    conv = model.model.beats_tower.embeddings.patch_embedding
+    torch.testing.assert_close(conv.bias, bias, atol=0, rtol=0)
+    fbank = torch.randn(1, 1, 32, 128, generator=torch.Generator().manual_seed(0))
+    stride = weight.shape[-1]
+    torch.testing.assert_close(conv(fbank), torch.nn.functional.conv2d(fbank, weight, bias, stride=stride))

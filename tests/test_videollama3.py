@@ -8,14 +8,17 @@ image / video logits (1e-4). Shared model checks run in ``test_common_multimodal
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoVideoProcessor
 
 import vistok  # noqa: F401
 from vistok.conversion.__main__ import main as convert_main
+from vistok.processing.video_processing_videollama3 import VideoLlama3PilVideoProcessor, original_target_size
 
 
 def parity_cases(parity_root):
@@ -232,3 +235,39 @@ def test_patches_that_disagree_with_the_grid_raise_a_value_error_naming_expected
             assert expected_and_got in str(error.value) and names in str(error.value), str(error.value)
     with pytest.raises(ValueError, match="pixel_values need image_grid_thw and image_merge_sizes"):
         model.get_image_features(image["pixel_values"], image_grid_thw=None)
+
+
+@pytest.mark.parametrize("height, width, factor, min_pixels, max_pixels, expected", [
+    (28, 28, 8, 64, 10**6, (32, 32)),   # 3.5 rounds to 4 (ties to even)
+    (20, 20, 8, 64, 10**6, (16, 16)),   # 2.5 rounds to 2
+    # 6 frames, 40-token budget / 16-token minimum at factor 8: the max budget shrinks to 16x16, then the minimum
+    # (checked after it, not instead of it) grows back to ceil(32 * sqrt(1024 / 1280) / 8) * 8 = 32 by 40
+    (32, 40, 8, 16 * 64, 40 * 64 // 6, (32, 40)),
+    (90, 30, 8, 16 * 64, 40 * 64, (80, 24)),   # beta = sqrt(2700 / 2560): floor(87.6 / 8), floor(29.2 / 8)
+])
+def test_original_frame_size_rule(height, width, factor, min_pixels, max_pixels, expected):
+    assert original_target_size(height, width, factor, min_pixels, max_pixels) == expected
+
+
+def test_video_frames_resize_with_pil_bicubic_and_the_original_budget():
+    """Off-grid frames (21x30, factor 8 -> 24x32): pixel values equal PIL bicubic + (x/255 - 0.5)/0.5, patchified in
+    (t, h/m, w/m, m, m) x (C, p, p) order; 6 frames with a 40-token budget keep the minimum-budget size."""
+    patch, merge = 4, 2
+    processor = VideoLlama3PilVideoProcessor(patch_size=patch, merge_size=merge, image_mean=[0.5] * 3,
+                                             image_std=[0.5] * 3, size={"shortest_edge": 4 * 64,
+                                                                        "longest_edge": 16384 * 64})
+    frames = torch.randint(0, 256, (3, 21, 30, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    out = processor(videos=[frames.numpy()], do_sample_frames=False, return_tensors="pt")
+    assert out["video_grid_thw"].tolist() == [[3, 24 // patch, 32 // patch]]
+    resized = np.stack([np.asarray(Image.fromarray(f).resize((32, 24), Image.BICUBIC)) for f in frames.numpy()])
+    x = (torch.from_numpy(resized).float() / 255 - 0.5) / 0.5  # (t, H, W, C)
+    t, gh, gw = 3, 24 // patch, 32 // patch
+    x = x.reshape(t, gh // merge, merge, patch, gw // merge, merge, patch, 3)
+    expected = x.permute(0, 1, 4, 2, 5, 7, 3, 6).reshape(t * gh * gw, 3 * patch * patch)
+    torch.testing.assert_close(out["pixel_values_videos"], expected, atol=1e-6, rtol=0)
+
+    small_budget = VideoLlama3PilVideoProcessor(patch_size=patch, merge_size=merge,
+                                                size={"shortest_edge": 16 * 64, "longest_edge": 40 * 64})
+    six = torch.randint(0, 256, (6, 32, 40, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
+    grid = small_budget(videos=[six.numpy()], do_sample_frames=False, return_tensors="pt")["video_grid_thw"]
+    assert grid.tolist() == [[6, 32 // patch, 40 // patch]]
