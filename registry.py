@@ -59,6 +59,12 @@ def _titok_style_processors(module: str, prefix: str) -> dict:
     return {"torchvision": f"{module}:{prefix}ImageProcessor", "pil": f"{module}:{prefix}ImageProcessorPil"}
 
 
+def _checked_transformers_models(module: str, prefix: str) -> dict:
+    generation = f"{module}:{prefix}ForConditionalGeneration"
+    return {"AutoModel": f"{module}:{prefix}Model", "AutoModelForImageTextToText": generation,
+            "AutoModelForMultimodalLM": generation}
+
+
 SYSTEMS = (
     System(
         "titok",
@@ -169,15 +175,18 @@ SYSTEMS = (
         converters={"llava-mini": "conversion.convert_llava_mini"},
         exports=("modeling.modeling_llava_mini:LlavaMiniPreTrainedModel",),
     ),
-    # already in transformers: vistok adds only the converters from the original releases (no second model_type)
+    # already in transformers: vistok adds the converters from the original releases and subclasses (same names,
+    # weights and outputs) that check pixel sizes; no second model_type
     System(
         "internvl",
         config="transformers.models.internvl.configuration_internvl:InternVLConfig",
+        models=_checked_transformers_models("modeling.modeling_internvl", "InternVL"),
         converters={"internvl2_5": "conversion.convert_internvl2_5"},
     ),
     System(
         "video_llama_3",
         config="transformers.models.video_llama_3.configuration_video_llama_3:VideoLlama3Config",
+        models=_checked_transformers_models("modeling.modeling_video_llama_3", "VideoLlama3"),
         converters={"videollama3": "conversion.convert_videollama3"},
     ),
     System(

@@ -1,5 +1,6 @@
 """Convert released InternVL2.5 checkpoints (OpenGVLab/InternVL2_5-*, ``model_type: internvl_chat``) into
-transformers' own ``InternVLForConditionalGeneration`` (``model_type: internvl``); vistok adds no model class.
+transformers' own ``InternVLForConditionalGeneration`` (``model_type: internvl``): the written folder needs no vistok
+(vistok's same-name subclass only adds input checks).
 
 Accepted SOURCE: a folder laid out like the hub repos: ``config.json`` and ``model.safetensors`` or sharded
 ``model-0000x-of-0000y.safetensors`` + ``model.safetensors.index.json`` (converted shard by shard), optional
@@ -180,13 +181,52 @@ def shard_converter(family: str, text: dict):
     return convert_shard
 
 
+def sentencepiece_normalizer(model_file: Path):
+    """A tokenizers normalizer that prepares text the way the sentencepiece model in ``model_file`` does before its
+    BPE: its character map (if any), its whitespace cleanup (``remove_extra_whitespaces``: leading, trailing and
+    repeated spaces), its dummy prefix (``add_dummy_prefix``: a leading space) and spaces written as ``▁``.
+
+    tokenizers applies the normalizer to each stretch of text between added tokens, which is what the original
+    ``InternLM2Tokenizer`` does by calling sentencepiece on each such stretch: so, unlike transformers' Llama
+    conversion (a dummy prefix once, at the start of the text, and only if it has no leading space), every stretch
+    after ``<|im_start|>``, ``</img>``, ... gets the prefix when the model asks for it, and none when it does not."""
+    from sentencepiece import sentencepiece_model_pb2
+    from tokenizers import Regex, normalizers
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(Path(model_file).read_bytes())
+    spec = proto.normalizer_spec
+    steps = [normalizers.Precompiled(spec.precompiled_charsmap)] if spec.precompiled_charsmap else []
+    if spec.remove_extra_whitespaces:
+        # \A / \z: tokenizers' regexes read ^ and $ at every line break
+        steps += [normalizers.Replace(Regex(r"\A +| +\z"), ""), normalizers.Replace(Regex(" {2,}"), " ")]
+    if spec.add_dummy_prefix:
+        steps.append(normalizers.Prepend("▁"))
+    steps.append(normalizers.Replace(" ", "▁"))
+    return normalizers.Sequence(steps), spec.add_dummy_prefix
+
+
 def load_internlm2_tokenizer(folder: Path, **kwargs):
-    """``InternLM2Tokenizer`` (remote code) is a sentencepiece tokenizer that prepends ``<s>``: read as a Llama one."""
-    from transformers import LlamaTokenizer
+    """``InternLM2Tokenizer`` (remote code): sentencepiece BPE with byte fallback that prepends ``<s>``. The vocabulary,
+    merges and added tokens are read by transformers' ``LlamaTokenizer``; the text is then cut as sentencepiece cuts
+    it (``sentencepiece_normalizer``) and the result saved as a plain ``TokenizersBackend`` (``tokenizer.json``), so
+    that reloading does not rebuild Llama's own pre-tokenizer. Checked token for token against the original class
+    (tests/fixtures/internvl2_5_internlm2_chat.json)."""
+    from tokenizers import decoders
+    from transformers import LlamaTokenizer, TokenizersBackend
 
     config = load_config_file(folder / "tokenizer_config.json")
-    return LlamaTokenizer.from_pretrained(folder, add_bos_token=config.get("add_bos_token", True),
-                                          add_eos_token=config.get("add_eos_token", False), **kwargs)
+    llama = LlamaTokenizer.from_pretrained(folder, add_bos_token=config.get("add_bos_token", True),
+                                           add_eos_token=config.get("add_eos_token", False))
+    backend = llama.backend_tokenizer
+    backend.normalizer, add_dummy_prefix = sentencepiece_normalizer(folder / "tokenizer.model")
+    backend.pre_tokenizer = None
+    strip_dummy_prefix = [decoders.Strip(content=" ", left=1)] if add_dummy_prefix else []
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), *strip_dummy_prefix])
+    special = {name: config.get(name, default) for name, default in
+               (("bos_token", "<s>"), ("eos_token", "</s>"), ("unk_token", "<unk>"), ("pad_token", "</s>"))}
+    return TokenizersBackend(tokenizer_object=backend, **special, **kwargs)
 
 
 def find_tokenizer(folder: Path):
@@ -237,11 +277,19 @@ def build_processors(original: dict, vision: dict, tokenizer, image_seq_length: 
         return processors
     from transformers import InternVLProcessor
 
-    from ..processing.chat_templates import internvl2_5_chat_template
+    from ..processing.chat_templates import INTERNVL_CONVERSATION_TEMPLATES, internvl2_5_chat_template
 
+    conversation_template = original.get("template", "internvl2_5")
+    if conversation_template not in INTERNVL_CONVERSATION_TEMPLATES:
+        notes.append(f"template={conversation_template!r}: the chat template written follows 'internvl2_5' (known: "
+                     f"{sorted(INTERNVL_CONVERSATION_TEMPLATES)}); prompts may differ from the original chat()")
+        conversation_template = "internvl2_5"
+    # the original model takes `system_message` from its config when present, else from the conversation template
+    system_message = original.get("system_message", INTERNVL_CONVERSATION_TEMPLATES[conversation_template][0])
     video_processor = processors[1] if len(processors) > 1 else None
     return [InternVLProcessor(image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
-                              image_seq_length=image_seq_length, chat_template=internvl2_5_chat_template())]
+                              image_seq_length=image_seq_length,
+                              chat_template=internvl2_5_chat_template(system_message, conversation_template))]
 
 
 def convert(source, config_file=None, presets_file=None) -> ConversionResult:

@@ -1,6 +1,6 @@
 """Convert released VideoLLaMA3 checkpoints (DAMO-NLP-SG/VideoLLaMA3-*, hub format, ``model_type: videollama3_qwen2``)
-into transformers' own ``VideoLlama3ForConditionalGeneration`` (``model_type: video_llama_3``); vistok adds no model
-class.
+into transformers' own ``VideoLlama3ForConditionalGeneration`` (``model_type: video_llama_3``): the written folder
+needs no vistok (vistok's same-name subclass only adds input checks).
 
 Accepted SOURCE: a folder laid out like the hub repos: ``config.json``, ``model.safetensors`` or sharded
 ``model-0000x-of-0000y.safetensors`` + index (converted shard by shard), optional ``preprocessor_config.json`` /

@@ -9,15 +9,28 @@ expands each placeholder into the item's feature tokens.
 INTERNVL2_5_SYSTEM_MESSAGE = (
     "你是书生·万象，英文名是InternVL，是由上海人工智能实验室、清华大学及多家合作单位联合开发的多模态大语言模型。"
 )
+# the default system message of InternVL's older ChatML templates (`Hermes-2`, `internlm2-chat`)
+INTERNVL_HERMES_SYSTEM_MESSAGE = (
+    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+)
+#: InternVL conversation templates (the original config's ``template``) -> (default system message, text after each
+#: ``<|im_end|>``): `internvl2_5` ends every turn with a newline, `Hermes-2` / `internlm2-chat` (checkpoints fine-tuned
+#: from InternVL 1.5 / 2) with nothing
+INTERNVL_CONVERSATION_TEMPLATES = {
+    "internvl2_5": (INTERNVL2_5_SYSTEM_MESSAGE, "\n"),
+    "Hermes-2": (INTERNVL_HERMES_SYSTEM_MESSAGE, ""),
+    "internlm2-chat": (INTERNVL_HERMES_SYSTEM_MESSAGE, ""),
+}
 
 
-def chatml_template(image_placeholder: str, video_placeholder: str, default_system_message: str | None = None) -> str:
-    """ChatML turns; each image / video part becomes its placeholder; ``default_system_message`` is prepended as a
-    system turn when the conversation starts without one."""
+def chatml_template(image_placeholder: str, video_placeholder: str, default_system_message: str | None = None,
+                    turn_separator: str = "\n") -> str:
+    """ChatML turns, each followed by ``turn_separator``; each image / video part becomes its placeholder;
+    ``default_system_message`` is prepended as a system turn when the conversation starts without one."""
     system = ""
     if default_system_message:
         system = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + default_system_message
-                  + "<|im_end|>\n{% endif %}")
+                  + "<|im_end|>" + turn_separator + "{% endif %}")
     return system + (
         "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
         "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -25,15 +38,18 @@ def chatml_template(image_placeholder: str, video_placeholder: str, default_syst
         "{% if part['type'] == 'image' %}" + image_placeholder +
         "{% elif part['type'] == 'video' %}" + video_placeholder +
         "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-        "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% endfor %}{% endif %}<|im_end|>" + turn_separator + "{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
 
 
-def internvl2_5_chat_template(default_system_message: str | None = INTERNVL2_5_SYSTEM_MESSAGE) -> str:
+def internvl2_5_chat_template(default_system_message: str | None = INTERNVL2_5_SYSTEM_MESSAGE,
+                              conversation_template: str = "internvl2_5") -> str:
     """An image is ``<IMG_CONTEXT>`` (InternVLProcessor wraps it in ``<img>...</img>`` with the tile tokens), a video
-    ``<video>`` (one ``FrameN: <img>...</img>`` line per frame), each on its own line as in the original prompts."""
-    return chatml_template("<IMG_CONTEXT>\n", "<video>\n", default_system_message)
+    ``<video>`` (one ``FrameN: <img>...</img>`` line per frame), each on its own line as in the original prompts;
+    turns end as in the original ``conversation_template`` (a key of ``INTERNVL_CONVERSATION_TEMPLATES``)."""
+    turn_separator = INTERNVL_CONVERSATION_TEMPLATES[conversation_template][1]
+    return chatml_template("<IMG_CONTEXT>\n", "<video>\n", default_system_message, turn_separator)
 
 
 def videollama3_chat_template(image_token: str = "<|image_pad|>", video_token: str = "<|video_pad|>") -> str:

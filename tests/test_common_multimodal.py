@@ -415,5 +415,26 @@ def test_wrong_pixel_size_raises_value_error(tester):
     assert str(expected_shape[-1]) in message and str(got_shape[-1]) in message, message
 
 
+def test_checked_subclasses_save_what_plain_transformers_loads(tmp_path):
+    """vistok's same-name subclasses of transformers' classes (InternVL, VideoLLaMA3: input checks only) save
+    transformers' own files; plain transformers, never importing vistok, loads them by config.json's `architectures`
+    and through its Auto class and computes the same logits (one fresh process for all)."""
+    from mm_testers import assert_saves_like_transformers
+
+    def extends_same_name_transformers_class(cls):
+        return cls.__module__.startswith("vistok.") and any(
+            base.__module__.startswith("transformers.") and base.__name__ == cls.__name__ for base in cls.__mro__[1:])
+
+    cases, seen = [], set()
+    for tester in TESTERS:
+        if extends_same_name_transformers_class(tester.model_class) and tester.model_class not in seen:
+            seen.add(tester.model_class)
+            processor = tester.get_processor()
+            cases.append((tester.make_model(), dict(tester.example_inputs(processor, num_images=1))))
+    assert {type(model).__name__ for model, _ in cases} >= {
+        "InternVLForConditionalGeneration", "VideoLlama3ForConditionalGeneration"}
+    assert_saves_like_transformers(cases, tmp_path)
+
+
 def test_testers_cover_the_multimodal_models():
     assert {"internvl", "video_llama_3", "emu3"} <= {t.get_config().model_type for t in TESTERS}

@@ -7,6 +7,8 @@ projected embeddings and logits at 1e-4). Shared model checks (LoRA, batching, o
 """
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +30,17 @@ def parity_cases(parity_root):
     if not cases:
         pytest.skip("no internvl2_5 parity cases")
     return cases
+
+
+def case_with_llm(parity_root, model_type: str):
+    """The first parity case whose original LLM has ``model_type`` (``qwen2`` / ``internlm2``); skips without one."""
+    def llm_type(case):
+        return json.loads((case / "original" / "config.json").read_text())["llm_config"]["model_type"]
+
+    case = next((c for c in parity_cases(parity_root) if llm_type(c) == model_type), None)
+    if case is None:
+        pytest.skip(f"no internvl2_5 parity case with a {model_type} LLM")
+    return case
 
 
 def convert_case(case, dest, *extra) -> None:
@@ -193,15 +206,10 @@ def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
 
 def test_internlm2_release_tokenizer_is_read_without_remote_code(parity_root, tmp_path):
     """InternLM2.5-based releases ship a sentencepiece ``tokenizer.model`` behind remote code (``InternLM2Tokenizer``)
-    plus added special tokens; the converter reads it as a Llama tokenizer. Reference: sentencepiece itself."""
+    plus added special tokens; the converter reads it without that code. Reference: sentencepiece itself."""
     spm = pytest.importorskip("sentencepiece")
     pytest.importorskip("google.protobuf")
-    def llm_type(c):
-        return json.loads((c / "original" / "config.json").read_text())["llm_config"]["model_type"]
-
-    case = next((c for c in parity_cases(parity_root) if llm_type(c) == "internlm2"), None)
-    if case is None:
-        pytest.skip("no InternLM2 case")
+    case = case_with_llm(parity_root, "internlm2")
     with safe_open(str(case / "io.safetensors"), "pt") as handle:
         meta = handle.metadata()
     vocab_size = json.loads((case / "original" / "config.json").read_text())["llm_config"]["vocab_size"]
@@ -244,6 +252,9 @@ def test_internlm2_release_tokenizer_is_read_without_remote_code(parity_root, tm
     text = "what is shown here describe the cat"
     assert tokenizer(text).input_ids == [reference.bos_id(), *reference.encode(text)]
     assert tokenizer.decode(tokenizer(text).input_ids, skip_special_tokens=True) == text
+    # sentencepiece's defaults: NFKC character map (full-width letters), extra whitespace removed, dummy prefix
+    for text in ("  what   is\tshown  here ", "ｗｈａｔ ｉｓ shown", "the cat\n  sat"):
+        assert tokenizer(text).input_ids == [reference.bos_id(), *reference.encode(text)], text
     inputs = processor(text=["<IMG_CONTEXT>\ndescribe"], images=[Image.new("RGB", (20, 36))], return_tensors="pt")
     assert (inputs["input_ids"] == image_ids[2]).sum() == 4 * inputs["pixel_values"].shape[0]
 
@@ -274,8 +285,7 @@ def test_convert_from_a_hub_repo_id(parity_root, hub_client, tmp_path):
 
 def test_internvit_6b_flavour_rmsnorm_qk_norm_no_bias(parity_root, tmp_path):
     """InternViT-6B layout (RMSNorm, QK-norm over all heads, no qkv bias): every tensor lands where it belongs."""
-    case = next(c for c in parity_cases(parity_root)
-                if json.loads((c / "original" / "config.json").read_text())["llm_config"]["model_type"] == "qwen2")
+    case = case_with_llm(parity_root, "qwen2")
     state = load_file(str(case / "original" / "model.safetensors"))
     config = json.loads((case / "original" / "config.json").read_text())
     generator = torch.Generator().manual_seed(0)
@@ -311,3 +321,224 @@ def test_internvit_6b_flavour_rmsnorm_qk_norm_no_bias(parity_root, tmp_path):
     with torch.no_grad():
         logits = model(input_ids=io["input_ids"], pixel_values=io["pixel_values"]).logits
     assert torch.isfinite(logits).all() and not torch.allclose(logits, io["logits"], atol=1e-3)  # the tower changed
+
+
+# -- vistok's checking subclasses (modeling/modeling_internvl.py) ------------------------------------------------------
+def tiny_internvl():
+    """The shared tiny InternVL tester's config / processor (16 px tiles, patch 4, 4 tokens per tile)."""
+    from mm_testers.internvl import TESTERS
+
+    return TESTERS[0]
+
+
+def tile_inputs(config, tile: int, num_tiles: int = 3) -> dict:
+    """Tiles of side ``tile`` and, around them, as many placeholders as they give tokens:
+    ``(tile // patch_size * downsample_ratio) ** 2`` per tile (written out, not read from the model)."""
+    tokens_per_tile = int(tile // config.vision_config.patch_size[0] * config.downsample_ratio) ** 2
+    input_ids = torch.tensor([[5, 6, *[config.image_token_id] * (tokens_per_tile * num_tiles), 7, 8]])
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "pixel_values": torch.randn(num_tiles, 3, tile, tile, generator=torch.Generator().manual_seed(tile))}
+
+
+def test_checked_classes_compute_what_transformers_computes():
+    """Same weights -> the same logits as transformers' own classes, bit for bit, on the processor's tiles and on other
+    square tiles that transformers and the original accept (32 px: interpolated position embeddings, 16 tokens per
+    tile; 17 px: the patch conv drops the last pixel row and column)."""
+    from transformers import InternVLModel as PlainModel
+
+    from mm_testers import with_the_same_weights
+    from vistok.modeling.modeling_internvl import InternVLForConditionalGeneration as Checked
+    from vistok.modeling.modeling_internvl import InternVLModel as CheckedModel
+
+    tester = tiny_internvl()
+    config = tester.get_config()
+    checked, plain = with_the_same_weights(Checked, InternVLForConditionalGeneration, config)
+    assert isinstance(checked.model, CheckedModel)
+    processed = tester.example_inputs(tester.get_processor(), num_images=2)
+    with torch.no_grad():
+        for inputs in (processed, tile_inputs(config, 32), tile_inputs(config, 17)):
+            assert torch.equal(checked(**inputs).logits, plain(**inputs).logits)
+        checked_base, plain_base = with_the_same_weights(CheckedModel, PlainModel, config)
+        assert torch.equal(checked_base(**processed).last_hidden_state, plain_base(**processed).last_hidden_state)
+
+
+@pytest.mark.parametrize("shape, grid", [
+    ((3, 3, 16, 14), "a 4 x 3 patch grid"),   # transformers: RuntimeError from a reshape
+    ((3, 3, 8, 32), "a 2 x 8 patch grid"),    # 16 tokens reshape into 4 x 4: transformers silently scrambles the rows
+    ((3, 3, 12, 12), "a 3 x 3 patch grid"),   # the pixel shuffle halves the side: 1.5 is not a whole number
+    ((3, 3, 2, 2), "a 0 x 0 patch grid"),
+])
+def test_tiles_of_a_wrong_size_raise_a_value_error_naming_expected_and_got(shape, grid):
+    tester = tiny_internvl()
+    model = AutoModelForImageTextToText.from_config(tester.get_config()).eval()
+    inputs = tile_inputs(model.config, 16) | {"pixel_values": torch.zeros(shape)}
+    for call in (lambda: model(**inputs), lambda: model.get_image_features(pixel_values=inputs["pixel_values"]),
+                 lambda: model.model(**inputs)):
+        with pytest.raises(ValueError) as error:
+            call()
+        message = str(error.value)
+        assert "[num_tiles, 3, 16, 16]" in message and f"got shape {shape}: {grid}" in message, message
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (3, 4, 16, 16), (1, 3, 3, 16, 16)])
+def test_pixel_values_that_are_not_rgb_tiles_raise_a_value_error(shape):
+    model = AutoModelForImageTextToText.from_config(tiny_internvl().get_config()).eval()
+    with pytest.raises(ValueError) as error:
+        model.get_image_features(pixel_values=torch.zeros(shape))
+    assert "[num_tiles, 3, 16, 16]" in str(error.value) and f"got shape {shape}." in str(error.value)
+
+
+def test_tile_count_and_placeholders_disagree_names_the_tiles():
+    model = AutoModelForImageTextToText.from_config(tiny_internvl().get_config()).eval()
+    inputs = tile_inputs(model.config, 16, num_tiles=3)  # 3 tiles x 4 tokens = 12 placeholders
+    inputs["pixel_values"] = inputs["pixel_values"][:2]
+    with pytest.raises(ValueError) as error:
+        model(**inputs)
+    assert "tokens: 12, features: 8" in str(error.value)
+    assert "2 tiles x 4 tokens per tile = 8 image features" in str(error.value)
+
+
+def test_checked_classes_load_and_save_the_v4_key_layout_like_transformers(tmp_path):
+    """transformers' InternVL class saves the v4 key layout (``language_model.model.*``) and renames it on loading; the
+    subclass (declared transformers' own code) does both too: same file, same weights back. Plain transformers loading
+    what vistok saves: ``test_common_multimodal.py::test_checked_subclasses_save_what_plain_transformers_loads``."""
+    tester = tiny_internvl()
+    model = AutoModelForImageTextToText.from_config(tester.get_config()).eval()
+    model.save_pretrained(tmp_path / "saved")
+    plain = InternVLForConditionalGeneration(model.config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(tmp_path / "plain")
+    saved, saved_by_plain = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("saved", "plain"))
+    assert saved.keys() == saved_by_plain.keys() and any(k.startswith("language_model.model.") for k in saved)
+    reloaded, info = AutoModelForImageTextToText.from_pretrained(tmp_path / "plain", output_loading_info=True)
+    assert all(not v for v in info.values()), info
+    assert type(reloaded) is type(model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in reloaded.state_dict().items())
+
+
+# -- InternLM2 tokenizer and chat template against the original code -------------------------------------------------
+CHAT_FIXTURE = Path(__file__).parent / "fixtures" / "internvl2_5_internlm2_chat.json"
+
+
+def internlm2_release(parity_root, tokenizer_entry: dict, folder: Path, **config_updates) -> Path:
+    """The InternLM2 parity case's release with the fixture's tokenizer files (``tokenizer.model`` +
+    ``tokenizer_config.json`` naming the remote-code ``InternLM2Tokenizer``), its LLM vocabulary resized to the
+    tokenizer's (new embedding / head rows random) and ``config_updates`` in its config."""
+    import base64
+
+    case = case_with_llm(parity_root, "internlm2")
+    state = load_file(str(case / "original" / "model.safetensors"))
+    config = json.loads((case / "original" / "config.json").read_text())
+    vocab_size = tokenizer_entry["vocab_size"]
+    generator = torch.Generator().manual_seed(0)
+    for key in ("language_model.model.tok_embeddings.weight", "language_model.output.weight"):
+        rows = state[key][:vocab_size]
+        extra = 0.02 * torch.randn(vocab_size - len(rows), rows.shape[1], generator=generator)
+        state[key] = torch.cat([rows, extra]).contiguous()
+    config["llm_config"]["vocab_size"] = vocab_size
+    config.update(config_updates)
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "tokenizer.model").write_bytes(base64.b64decode(tokenizer_entry["tokenizer_model_base64"]))
+    (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_entry["tokenizer_config"]))
+    return folder
+
+
+def expand_placeholders(processor, prompt: str, num_patches_list: list[int]) -> str:
+    """The prompt with each image placeholder replaced the way the processor replaces it (``num_patches_list``: tiles
+    per image; a video part takes one 1-tile entry per frame)."""
+    parts, patches = re.split(r"(<IMG_CONTEXT>|<video>)", prompt), iter(num_patches_list)
+    out = []
+    for part in parts:
+        if part == "<IMG_CONTEXT>":
+            out.append(processor.replace_image_token({"num_patches": [next(patches)]}, 0))
+        elif part == "<video>":
+            frames = list(patches)
+            out.append(processor.replace_video_token({"pixel_values_videos": [torch.zeros(len(frames))]}, 0))
+        else:
+            out.append(part)
+    return "".join(out)
+
+
+def assert_chats_match(processor, chats: list[dict]) -> None:
+    """Each chat's prompt from the processor's chat template, expanded as the processor expands it, is the string the
+    original chat() built, and the processor's ids (with images / a video of the same tile counts) are the ids chat()
+    fed the model."""
+    rng = np.random.default_rng(0)
+    images_by_tiles = {1: (16, 16), 3: (16, 32)}  # (H, W): 1 x 1 grid; 2 x 1 grid + thumbnail
+    for case in chats:
+        prompt = processor.apply_chat_template(case["messages"], add_generation_prompt=True, tokenize=False)
+        patches = case["num_patches_list"] or []
+        assert expand_placeholders(processor, prompt, patches) == case["query"], case["name"]
+        media = {}
+        if any(part["type"] == "video" for message in case["messages"] for part in message["content"]):
+            media = {"videos": [rng.integers(0, 256, (len(patches), 16, 16, 3), dtype=np.uint8)],
+                     "do_sample_frames": False}
+        elif patches:
+            media["images"] = [Image.fromarray(rng.integers(0, 256, (*images_by_tiles[n], 3), dtype=np.uint8))
+                               for n in patches]
+        inputs = processor(text=[prompt], return_tensors="pt", **media)
+        assert inputs["input_ids"][0].tolist() == case["input_ids"], case["name"]
+        assert inputs.get("pixel_values", torch.zeros(0)).shape[0] == sum(patches)
+
+
+def fixture_entry(variant: str) -> dict:
+    fixture = json.loads(CHAT_FIXTURE.read_text(encoding="utf-8"))
+    entry = next(e for e in fixture["tokenizers"] if e["name"] == variant)
+    return entry | {"num_image_token": fixture["num_image_token"]}
+
+
+@pytest.mark.parametrize("variant", ["dummy_prefix", "no_dummy_prefix", "dummy_prefix_remove_extra_whitespaces"])
+def test_internlm2_tokenizer_and_chat_template_match_the_original_code(parity_root, tmp_path, variant):
+    """Expected values: the original InternLM2Tokenizer and InternVLChatModel.chat() prompt building, run on the same
+    tokenizer files (tests/fixtures/internvl2_5_internlm2_chat.json, provenance inside): text ids and decoding, the
+    prompt string chat() builds (default and custom system message, several images, a second turn, a video, text
+    only) and the ids it feeds the model."""
+    from transformers import AutoProcessor, GenerationConfig
+
+    entry = fixture_entry(variant)
+    source = internlm2_release(parity_root, entry, tmp_path / "release")
+    assert convert_main(["internvl2_5", str(source), str(tmp_path / "converted")]) == 0
+    processor = AutoProcessor.from_pretrained(tmp_path / "converted")
+    tokenizer = processor.tokenizer
+    assert processor.image_seq_length == entry["num_image_token"]
+
+    for case in entry["texts"]:
+        assert tokenizer(case["text"]).input_ids == case["input_ids"], case["text"]
+        if not re.search(r"<[|/]?[A-Za-z_|]+>", case["text"]):  # the original's decode spaces special tokens
+            assert tokenizer.decode(case["input_ids"], skip_special_tokens=True) == case["decoded"], case["text"]
+    chats = [case for case in entry["chats"] if case["template"] == "internvl2_5"]
+    assert len(chats) == 6
+    assert_chats_match(processor, chats)
+    # chat() stops at <|im_end|>; so does the converted generation config
+    eos = GenerationConfig.from_pretrained(tmp_path / "converted").eos_token_id
+    assert {case["eos_token_id"] for case in entry["chats"]} <= set(eos if isinstance(eos, list) else [eos])
+
+
+def test_checkpoints_with_the_hermes2_template_get_its_chat_template(parity_root, tmp_path):
+    """A checkpoint fine-tuned from InternVL 2 keeps ``template: Hermes-2`` (no newline after ``<|im_end|>``, another
+    default system message); the original chat() prompts are reproduced from the converted processor."""
+    from transformers import AutoProcessor
+
+    entry = fixture_entry("dummy_prefix")
+    source = internlm2_release(parity_root, entry, tmp_path / "release", template="Hermes-2")
+    assert convert_main(["internvl2_5", str(source), str(tmp_path / "converted")]) == 0
+    chats = [case for case in entry["chats"] if case["template"] == "Hermes-2"]
+    assert chats
+    assert_chats_match(AutoProcessor.from_pretrained(tmp_path / "converted"), chats)
+    # the original takes `system_message` from the config when it has one; unknown templates are reported
+    from vistok.conversion.convert_internvl2_5 import build_processors
+
+    tokenizer = AutoProcessor.from_pretrained(tmp_path / "converted").tokenizer
+    messages = [{"role": "user", "content": "Hi"}]
+    notes = []
+    for template, expected in (
+        ("Hermes-2", "<|im_start|>system\nBe brief.<|im_end|><|im_start|>user\nHi<|im_end|><|im_start|>assistant\n"),
+        ("phi3-chat",  # not supported: written as internvl2_5, with a note
+         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+    ):
+        processor = build_processors({"template": template, "system_message": "Be brief."}, {"image_size": 16},
+                                     tokenizer, 4, notes)[-1]
+        assert processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == expected
+    assert len(notes) == 1 and "phi3-chat" in notes[0]

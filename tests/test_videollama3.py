@@ -164,3 +164,71 @@ def test_new_user_pipeline_on_an_image_and_a_video_file(parity_root, tmp_path):
         messages = [{"role": "user", "content": [part, {"type": "text", "text": "Describe it."}]}]
         answer = pipe(text=messages, max_new_tokens=4, do_sample=False, return_full_text=False)[0]["generated_text"]
         assert answer == answer_by_hand(model, processor, messages, 4, **media)
+
+
+# -- vistok's checking subclasses (modeling/modeling_video_llama_3.py) ------------------------------------------------
+def tiny_videollama3():
+    """The shared tiny VideoLLaMA3 tester (patch 4: 48 values per patch; images at merge 1, videos at merge 2)."""
+    from mm_testers.videollama3 import TESTERS
+
+    return TESTERS[0]
+
+
+def image_and_video_inputs(tester):
+    processor = tester.get_processor()
+    image = tester.example_inputs(processor, num_images=1)
+    prompt = tester.build_prompt(processor, num_videos=1)
+    video = tester.prepare_inputs(processor, [prompt], videos=[tester.make_video(num_frames=4)])
+    assert not video["video_compression_mask"].all()  # DiffFP pruned some tokens
+    return dict(image), dict(video)
+
+
+def test_checked_classes_compute_what_transformers_computes():
+    """Same weights -> the same logits as transformers' own classes, bit for bit, for an image, a video (with DiffFP
+    pruning) and patches given as [N, 3, p, p] instead of [N, 3 * p * p] (the original and transformers only view the
+    pixels as patches, so any shape with the right number of values is accepted)."""
+    from transformers import VideoLlama3ForConditionalGeneration as Plain
+    from transformers import VideoLlama3Model as PlainModel
+
+    from mm_testers import with_the_same_weights
+    from vistok.modeling.modeling_video_llama_3 import VideoLlama3ForConditionalGeneration as Checked
+    from vistok.modeling.modeling_video_llama_3 import VideoLlama3Model as CheckedModel
+
+    tester = tiny_videollama3()
+    config = tester.get_config()
+    checked, plain = with_the_same_weights(Checked, Plain, config)
+    assert isinstance(checked.model, CheckedModel)
+    image, video = image_and_video_inputs(tester)
+    as_patches = image | {"pixel_values": image["pixel_values"].view(-1, 3, 4, 4)}
+    with torch.no_grad():
+        for inputs in (image, video, as_patches):
+            assert torch.equal(checked(**inputs).logits, plain(**inputs).logits)
+        assert torch.equal(checked(**as_patches).logits, checked(**image).logits)
+        checked_base, plain_base = with_the_same_weights(CheckedModel, PlainModel, config)
+        assert torch.equal(checked_base(**video).last_hidden_state, plain_base(**video).last_hidden_state)
+
+
+def test_patches_that_disagree_with_the_grid_raise_a_value_error_naming_expected_and_got():
+    tester = tiny_videollama3()
+    model = AutoModelForImageTextToText.from_config(tester.get_config()).eval()
+    image, video = image_and_video_inputs(tester)
+    (t, h, w), = image["image_grid_thw"].tolist()
+    num_patches = t * h * w
+    bad_image = image | {"pixel_values": image["pixel_values"][:, :-2]}
+    bad_video = video | {"pixel_values_videos": video["pixel_values_videos"][1:]}
+    video_patches = int(video["video_grid_thw"].prod())
+    cases = [
+        (bad_image, f"expected shape ({num_patches}, 48), got shape ({num_patches}, 46)", "pixel_values must hold"),
+        (bad_video, f"expected shape ({video_patches}, 48), got shape ({video_patches - 1}, 48)",
+         "pixel_values_videos must hold"),
+        (image | {"image_merge_sizes": torch.tensor([3])}, f"a {h} x {w} patch grid with merge size 3",
+         "image_grid_thw must be divisible by its merge size in image_merge_sizes"),
+        (image | {"image_grid_thw": image["image_grid_thw"][0]}, "got shapes (3,) and (1,)", "[num_items, 3]"),
+    ]
+    for inputs, expected_and_got, names in cases:
+        for call in (model, model.model):
+            with pytest.raises(ValueError) as error:
+                call(**inputs)
+            assert expected_and_got in str(error.value) and names in str(error.value), str(error.value)
+    with pytest.raises(ValueError, match="pixel_values need image_grid_thw and image_merge_sizes"):
+        model.get_image_features(image["pixel_values"], image_grid_thw=None)

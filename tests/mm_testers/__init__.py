@@ -49,7 +49,8 @@ Optional overrides (defaults in brackets):
   ``reload_processor(path)``, which may also be overridden.
 
 Module helpers: ``make_tiny_tokenizer``, ``make_char_tokenizer`` (exact vocabulary size, for converted tiny
-checkpoints), ``write_video`` / ``read_video`` (PyAV).
+checkpoints), ``write_video`` / ``read_video`` (PyAV); for vistok's subclasses of transformers' classes
+``with_the_same_weights`` and ``assert_saves_like_transformers`` (transformers' files, which plain transformers runs).
 
 Helpers every tester gets: ``make_model(seed)``, ``make_images(n, seed)`` (PIL), ``make_video(num_frames, seed)``
 (uint8 (T, H, W, 3) with some static and some moving content), ``example_inputs(processor, num_images)``.
@@ -145,6 +146,79 @@ def answer_by_hand(model, processor, messages: list, max_new_tokens: int, **medi
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
     return processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+_LOAD_WITHOUT_VISTOK = """
+import json, sys
+import torch, transformers
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForImageTextToText
+
+work, report = sys.argv[1], []
+for index in range(int(sys.argv[2])):
+    checkpoint = f"{work}/saved{index}"
+    architecture = json.load(open(checkpoint + "/config.json"))["architectures"][0]
+    inputs = load_file(f"{work}/inputs{index}.safetensors")
+    models = {"named": getattr(transformers, architecture).from_pretrained(checkpoint).eval(),
+              "auto": AutoModelForImageTextToText.from_pretrained(checkpoint).eval()}
+    with torch.no_grad():
+        save_file({k: m(**inputs).logits for k, m in models.items()}, f"{work}/logits{index}.safetensors")
+    report.append([type(m).__module__ for m in models.values()])
+print(json.dumps({"modules": report, "vistok": "vistok" in sys.modules}))
+"""
+
+
+def transformers_class_of(model) -> type:
+    """The transformers class that vistok's same-name subclass (type of ``model``) extends."""
+    return next(base for base in type(model).__mro__[1:]
+                if base.__module__.startswith("transformers.") and base.__name__ == type(model).__name__)
+
+
+def with_the_same_weights(checked_class, transformers_class, config):
+    """vistok's subclass of a transformers model class and that class, built from ``config`` with the same weights (the
+    subclass loads the other's state dict: the parameter names must agree), both in eval mode."""
+    torch.manual_seed(0)
+    plain = transformers_class(config).eval()
+    checked = checked_class(config).eval()
+    assert checked.state_dict().keys() == plain.state_dict().keys()
+    checked.load_state_dict(plain.state_dict())
+    return checked, plain
+
+
+def assert_saves_like_transformers(models_and_inputs: list, work_dir) -> None:
+    """For each ``(model, inputs)``, ``model`` being vistok's same-name subclass of a transformers class:
+    ``save_pretrained`` writes the file that transformers' class writes for the same weights (``plain{i}/``), and
+    config.json names that class; then one fresh Python that never imports vistok loads every saved folder through
+    that name (looked up in ``transformers``) and through ``AutoModelForImageTextToText`` and computes the same logits
+    on ``inputs``, bit for bit."""
+    import json
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file, save_file
+
+    for index, (model, inputs) in enumerate(models_and_inputs):
+        transformers_class = transformers_class_of(model)
+        model.save_pretrained(work_dir / f"saved{index}")
+        plain = transformers_class(model.config)
+        plain.load_state_dict(model.state_dict())
+        plain.save_pretrained(work_dir / f"plain{index}")
+        saved, by_plain = (load_file(str(work_dir / f"{d}{index}" / "model.safetensors")) for d in ("saved", "plain"))
+        assert saved.keys() == by_plain.keys() and all(torch.equal(saved[k], by_plain[k]) for k in saved)
+        config = json.loads((work_dir / f"saved{index}" / "config.json").read_text())
+        assert config["architectures"] == [transformers_class.__name__]
+        save_file({k: v.contiguous() for k, v in inputs.items()}, str(work_dir / f"inputs{index}.safetensors"))
+
+    out = subprocess.run([sys.executable, "-c", _LOAD_WITHOUT_VISTOK, str(work_dir), str(len(models_and_inputs))],
+                         capture_output=True, text=True, cwd=work_dir, check=False)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = [[transformers_class_of(model).__module__] * 2 for model, _ in models_and_inputs]
+    assert report == {"modules": expected, "vistok": False}, report
+    for index, (model, inputs) in enumerate(models_and_inputs):
+        with torch.no_grad():
+            logits = model(**inputs).logits
+        assert all(torch.equal(v, logits) for v in load_file(str(work_dir / f"logits{index}.safetensors")).values())
 
 
 class MultimodalTester:

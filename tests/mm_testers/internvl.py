@@ -1,14 +1,10 @@
-"""Tiny InternVL2.5-style models (transformers' ``internvl`` classes): 16 px tiles of 4x4 patches -> 4 tokens per
-tile after the pixel shuffle; up to 4 tiles + thumbnail per image; a Qwen2 or a Llama (converted InternLM2) LLM."""
+"""Tiny InternVL2.5-style models (transformers' ``internvl`` classes through vistok's size-checking subclasses): 16 px
+tiles of 4x4 patches -> 4 tokens per tile after the pixel shuffle; up to 4 tiles + thumbnail per image; a Qwen2 or a
+Llama (converted InternLM2) LLM."""
 
-from transformers import (
-    GotOcr2ImageProcessorPil,
-    InternVLConfig,
-    InternVLForConditionalGeneration,
-    InternVLProcessor,
-    InternVLVideoProcessor,
-)
+from transformers import GotOcr2ImageProcessorPil, InternVLConfig, InternVLProcessor, InternVLVideoProcessor
 
+from vistok.modeling.modeling_internvl import InternVLForConditionalGeneration
 from vistok.processing.chat_templates import internvl2_5_chat_template
 
 from . import MultimodalTester, make_tiny_tokenizer
@@ -25,12 +21,6 @@ class InternVLTester(MultimodalTester):
     supports_video = True
     image_processor_backend = "pil"  # pixel-exact like the original; AutoProcessor reloads torchvision by default
     lora_parts = ("llm", "vision", "projector")
-    known_failures = {
-        "wrong_pixel_size_raises_value_error": (
-            "transformers' InternVLModel.get_image_features reshapes tiles of the wrong size without a check: "
-            "RuntimeError \"shape '[N, h, h, -1]' is invalid\" instead of a ValueError naming the tile size"
-        ),
-    }
 
     def __init__(self, name: str, text_model_type: str, norm_type: str = "layer_norm"):
         self.name = name

@@ -1,14 +1,15 @@
-"""Tiny VideoLLaMA3-style models (transformers' ``video_llama_3`` classes): 4 px patches, images at merge 1 (one token
-per patch), videos at merge 2 with DiffFP token pruning; a Qwen2 LLM with a tied or an untied head."""
+"""Tiny VideoLLaMA3-style models (transformers' ``video_llama_3`` classes through vistok's size-checking subclasses):
+4 px patches, images at merge 1 (one token per patch), videos at merge 2 with DiffFP token pruning; a Qwen2 LLM with a
+tied or an untied head."""
 
 from transformers import (
     VideoLlama3Config,
-    VideoLlama3ForConditionalGeneration,
     VideoLlama3ImageProcessorPil,
     VideoLlama3Processor,
     VideoLlama3VideoProcessor,
 )
 
+from vistok.modeling.modeling_video_llama_3 import VideoLlama3ForConditionalGeneration
 from vistok.processing.chat_templates import videollama3_chat_template
 
 from . import MultimodalTester, make_tiny_tokenizer
@@ -23,12 +24,6 @@ class VideoLlama3Tester(MultimodalTester):
     supports_video = True
     image_processor_backend = "pil"  # pixel-exact like the original; AutoProcessor reloads torchvision by default
     lora_parts = ("llm", "vision", "projector")
-    known_failures = {
-        "wrong_pixel_size_raises_value_error": (
-            "transformers' VideoLlama3VisionEmbeddings views flattened patches of the wrong length without a check: "
-            "RuntimeError \"shape '[-1, 3, p, p]' is invalid\" instead of a ValueError"
-        ),
-    }
 
     def __init__(self, name: str, tie_word_embeddings: bool):
         self.name = name
