@@ -1,6 +1,7 @@
-"""`vistok-convert emu3` (the Emu3-Chat/-Gen release layout -> transformers' `Emu3ForConditionalGeneration` +
-`Emu3Processor`) against `tests/fixtures/emu3_chat`, whose expected ids, codes, logits and greedy tokens were made
-by the ORIGINAL Emu3 code (tokenizer, processor `mode="U"`, vision tokenizer, `Emu3ForCausalLM`; see its README).
+"""`vistok-convert emu3` (the Emu3-Chat/-Gen release layout -> transformers' `emu3` model type, loaded as vistok's
+same-name `Emu3ForConditionalGeneration` + transformers' `Emu3Processor`) against `tests/fixtures/emu3_chat`, whose
+expected ids, codes, logits and greedy tokens were made by the ORIGINAL Emu3 code (tokenizer, processor `mode="U"`,
+vision tokenizer, `Emu3ForCausalLM`; see its README).
 """
 
 import json
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForImageTextToText, AutoProcessor, Emu3ForConditionalGeneration, pipeline
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 import vistok  # noqa: F401  (registers vistok's classes)
 from hub_fixtures import fake_hub, hub_client  # noqa: F401  (pytest fixtures)
@@ -20,6 +21,7 @@ from vistok.conversion.__main__ import convert as convert_api
 from vistok.conversion.__main__ import main as convert_main
 from vistok.conversion.convert_emu3 import find_vision_tokenizer
 from vistok.conversion.utils import ConversionError
+from vistok.modeling.modeling_emu3 import Emu3ForConditionalGeneration
 from vistok.modeling.token_layout_emu3 import Emu3TokenLayout
 
 
@@ -120,7 +122,7 @@ def test_prompt_ids_codes_and_logits_equal_the_original(loaded, index):
     inputs = chat_inputs(processor, index)
     assert torch.equal(filled_ids(model, inputs), IO[f"input_ids_{index}"])
     with torch.no_grad():
-        codes = model.model.vqmodel.encode(inputs["pixel_values"], inputs["image_sizes"]).image_tokens[0]
+        codes = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).image_tokens[0]
         logits = model(**inputs).logits[0]
     assert torch.equal(codes, IO[f"codes_{index}"])
     expected = IO[f"logits_{index}"]
@@ -128,9 +130,9 @@ def test_prompt_ids_codes_and_logits_equal_the_original(loaded, index):
 
 
 def test_left_padded_batch_layout_equals_the_original(loaded):
-    """Both prompts in one processor call: the same left padding and mask as the original's batch. The placeholders
-    are filled with each image's tokens computed alone (transformers encodes a zero-padded batch of images, see the
-    known failure in tests/mm_testers/emu3.py)."""
+    """Both prompts and their images of different sizes in one processor call (the images zero-padded to a common
+    size + `image_sizes`): the same left padding, mask and filled ids as the original's batch, whose images were
+    encoded one by one; and each row's logits equal that prompt's alone."""
     model, processor = loaded
     messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
                 for q in EXPECTED["questions"]]
@@ -138,11 +140,15 @@ def test_left_padded_batch_layout_equals_the_original(loaded):
     images = [Image.open(FIXTURE / f"image_{i}.png") for i in (0, 1)]
     batch = processor(text=prompts, images=images, padding=True, return_tensors="pt")
     assert torch.equal(batch["attention_mask"], IO["batch_attention_mask"])
+    assert batch["pixel_values"].shape[-2:] == (48, 56)  # 40x56 and 48x32 (height x width) padded
     ids = batch["input_ids"].clone()
-    for row in (0, 1):
-        single = filled_ids(model, chat_inputs(processor, row))
-        ids[row, ids.shape[1] - len(single):] = single
+    with torch.no_grad():
+        ids[ids == model.config.image_token_id] = model.model.get_image_tokens(
+            batch["pixel_values"], batch["image_sizes"]).long()
+        logits = model(**batch).logits
     assert torch.equal(ids, IO["batch_input_ids"])
+    torch.testing.assert_close(logits[0], IO["logits_0"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[1, -len(IO["logits_1"]):], IO["logits_1"], atol=1e-4, rtol=1e-4)
 
 
 def test_generate_and_pipeline_answer_like_the_original(loaded, converted):
@@ -167,7 +173,7 @@ def test_image_layout_agrees_with_emu3_token_layout(loaded):
     layout = Emu3TokenLayout.from_vocabulary(processor.tokenizer.get_vocab())
     inputs = chat_inputs(processor, 1)
     with torch.no_grad():
-        codes = model.model.vqmodel.encode(inputs["pixel_values"], inputs["image_sizes"]).image_tokens[0]
+        codes = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).image_tokens[0]
     assert codes.shape == (48 // 8, 32 // 8)  # 36x52 -> smart resize -> 32x48 pixels
     image_ids = processor.tokenizer(layout.prompt(codes), add_special_tokens=False)["input_ids"]
     original = IO["input_ids_1"].tolist()
@@ -206,8 +212,8 @@ def test_image_generation_helpers_on_the_converted_model(loaded):
 
 
 def test_lora_on_the_llm_with_the_vision_tokenizer_kept_in_eval(converted, tmp_path):
-    """The documented fine-tuning recipe: LoRA on the "llm" part, `model.model.vqmodel.eval()` after `train()` (else
-    transformers' Emu3 updates the VQ's BatchNorm3d statistics); the adapter then reloads to the same logits."""
+    """The documented fine-tuning recipe: LoRA on the "llm" part; `train()` leaves the vision tokenizer in eval mode,
+    so its BatchNorm3d statistics stay the release's, and the adapter reloads to the same logits."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from vistok.modeling.lora import get_lora_target_modules
@@ -222,7 +228,7 @@ def test_lora_on_the_llm_with_the_vision_tokenizer_kept_in_eval(converted, tmp_p
     vq_state = {k: v.clone() for k, v in model.model.vqmodel.state_dict().items()}
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
     peft_model.train()
-    model.model.vqmodel.eval()
+    assert model.model.text_model.training and not any(m.training for m in model.model.vqmodel.modules())
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(4):
