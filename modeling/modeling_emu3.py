@@ -426,9 +426,9 @@ class Emu3Model(TransformersNativeMixin, hf_emu3.Emu3Model):
         """Raises a ValueError unless `pixel_values` `[num_images, C, H, W]` and `image_sizes` `[num_images, 2]` are
         what `Emu3Processor` makes: every image size a positive multiple of the spatial factor and at most (H, W)."""
         num_channels, factor = self.config.vq_config.in_channels, self.vqmodel.spatial_factor
-        if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
-            got = f"shape {tuple(pixel_values.shape)}" if isinstance(pixel_values, torch.Tensor) else type(
-                pixel_values).__name__
+        is_tensor = isinstance(pixel_values, torch.Tensor)
+        if not is_tensor or pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
+            got = f"shape {tuple(pixel_values.shape)}" if is_tensor else type(pixel_values).__name__
             raise ValueError(
                 f"Emu3 takes images as pixel_values of shape [num_images, {num_channels}, height, width] (with "
                 f"image_sizes [num_images, 2], as Emu3Processor returns them), got {got}."
@@ -444,7 +444,8 @@ class Emu3Model(TransformersNativeMixin, hf_emu3.Emu3Model):
                 f"image_sizes gives image {index} {image_height}x{image_width} pixels, but pixel_values hold "
                 f"{height}x{width} pixels: expected every image size to be a positive multiple of the vision "
                 f"tokenizer's spatial factor {factor} and at most the pixel size ({height}x{width}), got "
-                f"{image_height}x{image_width}. Pass the pixel_values and image_sizes of one Emu3Processor call unchanged."
+                f"{image_height}x{image_width}. Pass the pixel_values and image_sizes of one Emu3Processor call "
+                "unchanged."
             )
 
     def encode_images(self, pixel_values: torch.Tensor, image_sizes=None):

@@ -1,7 +1,8 @@
 """Tiny Emu3 AR model (model type ``emu3``, what ``vistok-convert emu3`` writes, through vistok's same-name subclasses
 of transformers' classes): a 4-level VQ (8x spatial, like the release, which ``Emu3Processor`` assumes) with 32
-codes, a 2-layer Llama-style LLM, the chat template of the converted releases. An image becomes ``<|image start|>h*w<|image token|>``, ``h * (w + 1)`` copies
-of ``<image>`` (the model fills in each row's visual tokens and the row end), ``<|extra_201|><|image end|>``.
+codes, a 2-layer Llama-style LLM, the chat template of the converted releases. An image becomes
+``<|image start|>h*w<|image token|>``, ``h * (w + 1)`` copies of ``<image>`` (the model fills in each row's visual
+tokens and the row end), ``<|extra_201|><|image end|>``.
 
 LoRA: only the ``"llm"`` part. The VQ produces codes by an argmin, so no gradient reaches it and an adapter there
 would never train; images enter the LLM through its own token embeddings.
