@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
 
 import vistok  # noqa: F401  (registers vistok's classes)
 from hub_fixtures import fake_hub, hub_client  # noqa: F401  (pytest fixtures)
@@ -487,7 +487,10 @@ def test_train_keeps_the_vision_tokenizer_frozen_in_eval_mode():
 
 def test_offloaded_codebook_and_bfloat16_loading(tmp_path):
     """The quantizer (with the codebook) offloaded to disk: codes, logits and decoding equal the model in memory.
-    Loading in bfloat16 keeps the vision tokenizer's code path in float32: the same codes from bfloat16 pixels."""
+    Loading in bfloat16 keeps the vision tokenizer's code path in float32: the same codes from bfloat16 pixels.
+    `AutoModel` loads the saved generation model as vistok's `Emu3Model`."""
+    from vistok.modeling.modeling_emu3 import Emu3Model
+
     tester = tiny_emu3()
     model, processor = tester.make_model(), tester.get_processor()
     model.save_pretrained(tmp_path / "model")
@@ -516,3 +519,9 @@ def test_offloaded_codebook_and_bfloat16_loading(tmp_path):
     assert {vqmodel.encoder.conv_in.weight.dtype, vqmodel.quantize.embedding.weight.dtype} == {torch.float32}
     with torch.no_grad():
         assert torch.equal(bf16.model.get_image_tokens(pixels.bfloat16(), sizes), expected[0])
+
+    base, info = AutoModel.from_pretrained(tmp_path / "model", output_loading_info=True)
+    assert type(base) is Emu3Model and not info["missing_keys"], info  # only the head is left out, as in transformers
+    assert info["unexpected_keys"] == {"text_model.lm_head.weight"}, info
+    with torch.no_grad():
+        assert torch.equal(base.get_image_tokens(pixels, sizes), expected[0])
