@@ -45,7 +45,7 @@ from torch import nn
 from transformers import Emu3Config, Emu3VQVAE, Emu3VQVAEConfig
 from transformers.models.emu3 import modeling_emu3 as hf_emu3
 from transformers.models.emu3.modeling_emu3 import Emu3VQVAEModelOutput, Emu3VQVAEVectorQuantizer
-from transformers.utils import can_return_tuple, logging
+from transformers.utils import can_return_tuple, logging, torch_compilable_check
 
 from .native_subclass import TransformersNativeMixin
 from .tokenizer_utils import (
@@ -489,7 +489,8 @@ class Emu3Model(TransformersNativeMixin, hf_emu3.Emu3Model):
     def decode_image_tokens(self, image_tokens: torch.LongTensor, height: int, width: int) -> torch.FloatTensor:
         """Generated image sequences `[batch, height * (width + 1) + 3]` (rows of visual-token ids with row ends, then
         `<|extra_201|>`, `<|image end|>` and one more id, as transformers' method takes them) -> pixels
-        `[batch, 3, 8 height, 8 width]` in [-1, 1], decoded by the vision tokenizer."""
+        `[batch, 3, factor * height, factor * width]` in [-1, 1] (spatial factor 8 for the releases), decoded by the
+        vision tokenizer."""
         rows = image_tokens[:, :-3].reshape(-1, height, width + 1)
         return self.vqmodel.decode(self.vocabulary_mapping.convert_bpe2img(rows).long()).reconstruction
 
@@ -497,17 +498,16 @@ class Emu3Model(TransformersNativeMixin, hf_emu3.Emu3Model):
         """transformers' mask of the `<image>` placeholders, after checking that there is one per image token."""
         token_id = self.vocabulary_mapping.image_token_id
         if input_ids is not None:
-            num_placeholders = int((input_ids == token_id).sum())
+            num_placeholders = (input_ids == token_id).sum()
         else:
             placeholder = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
-            num_placeholders = int((inputs_embeds == placeholder).all(-1).sum())
-        if num_placeholders != image_features.shape[0]:
-            raise ValueError(
-                f"input_ids hold {num_placeholders} image placeholders (image_token_id {token_id}), but the images "
-                f"give {image_features.shape[0]} image tokens (h * (w + 1) per image: its h x w codes and a row end "
-                "per row); expected one placeholder per image token. Build input_ids and pixel_values with one "
-                "Emu3Processor call, which writes the placeholders for each image's size."
-            )
+            num_placeholders = (inputs_embeds == placeholder).all(-1).sum()
+        torch_compilable_check(num_placeholders == image_features.shape[0], lambda: (
+            f"input_ids hold {int(num_placeholders)} image placeholders (image_token_id {token_id}), but the images "
+            f"give {image_features.shape[0]} image tokens (h * (w + 1) per image: its h x w codes and a row end "
+            "per row); expected one placeholder per image token. Build input_ids and pixel_values with one "
+            "Emu3Processor call, which writes the placeholders for each image's size."
+        ))
         return super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
 
 
