@@ -176,7 +176,7 @@ SYSTEMS = (
         exports=("modeling.modeling_llava_mini:LlavaMiniPreTrainedModel",),
     ),
     # already in transformers: vistok adds the converters from the original releases and subclasses (same names,
-    # weights and outputs) that check pixel sizes; no second model_type
+    # weights and outputs) that check pixel sizes (Emu3's also encode each image at its own size); no second model_type
     System(
         "internvl",
         config="transformers.models.internvl.configuration_internvl:InternVLConfig",
@@ -196,6 +196,8 @@ SYSTEMS = (
     System(
         "emu3",
         config="transformers.models.emu3.configuration_emu3:Emu3Config",
+        models={"AutoModel": "modeling.modeling_emu3:Emu3Model",
+                "AutoModelForImageTextToText": "modeling.modeling_emu3:Emu3ForConditionalGeneration"},
         converters={"emu3": "conversion.convert_emu3"},
     ),
 )

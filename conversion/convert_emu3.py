@@ -1,6 +1,7 @@
 """Convert the released Emu3 AR models (`BAAI/Emu3-Chat`, `BAAI/Emu3-Gen`, `BAAI/Emu3-Stage1`: remote-code
 `Emu3ForCausalLM` with a tiktoken vocabulary) and their vision tokenizer (`BAAI/Emu3-VisionTokenizer`) into
-transformers' own `Emu3ForConditionalGeneration` + `Emu3Processor` (model type `emu3`; vistok adds no model class).
+transformers' own `Emu3ForConditionalGeneration` + `Emu3Processor` (model type `emu3`: plain transformers loads the
+folder; with vistok imported, the Auto classes load it as vistok's same-name subclasses, `modeling/modeling_emu3.py`).
 
 Accepted SOURCE: a folder laid out like the Hub repos: `config.json` (`model_type: Emu3`), `model.safetensors` or
 sharded `model-0000x-of-0000y.safetensors` + `model.safetensors.index.json` (converted shard by shard),

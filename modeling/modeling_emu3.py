@@ -20,14 +20,34 @@ Clips whose frame count T is not a multiple of the temporal factor (4): the orig
 convolutions never read the last `T % 4` frames (latent frame i depends on frames `< 4 (i + 1)` only), so its codes
 equal those of the first `4 * (T // 4)` frames. `encode` drops those frames explicitly (same codes, less work) and
 warns; `decode` then returns `4 * (T // 4)` frames. Fewer than 4 frames is an error, as in the original.
+
+The AR model (`Emu3Model`, `Emu3ForConditionalGeneration`): same-name subclasses of transformers' classes (model type
+`emu3`, same weights, same saved files, see `TransformersNativeMixin`) whose `vqmodel` is an `Emu3VisionTokenizer`.
+What they change, each a transformers 5.24 limitation:
+
+* images of different sizes in one call (`Emu3ImageProcessor` pads them and returns `image_sizes`) are encoded each
+  at its own size, so an image gets the same codes, and a prompt the same logits, alone or in any batch (transformers
+  quantizes the zero-padded images and crops the codes afterwards);
+* pixels that disagree with `image_sizes`, and placeholder counts that disagree with the images' token counts, raise
+  a ValueError naming expected and got (transformers: a RuntimeError from `torch.split`, and a count of features
+  times hidden size);
+* `train()` leaves the frozen vision tokenizer in eval mode: the original trains the LLM only, on precomputed codes
+  (the argmin gives the VQ no gradient), so its BatchNorm3d running statistics must not drift;
+* the codebook is read through the embedding module's call, so `device_map` offload hooks load it.
+
+On valid inputs of one size the codes, image embeddings, logits and generated ids are those of transformers' classes,
+bit for bit; `decode_image_tokens` decodes with the tokenizer's one-frame image path (within a few 1e-6 of
+transformers' pixels), and loading with `dtype=torch.bfloat16` keeps the code path in float32 (see above).
 """
 
 import torch
 from torch import nn
-from transformers import Emu3VQVAE, Emu3VQVAEConfig
-from transformers.models.emu3.modeling_emu3 import Emu3VQVAEVectorQuantizer
-from transformers.utils import logging
+from transformers import Emu3Config, Emu3VQVAE, Emu3VQVAEConfig
+from transformers.models.emu3 import modeling_emu3 as hf_emu3
+from transformers.models.emu3.modeling_emu3 import Emu3VQVAEModelOutput, Emu3VQVAEVectorQuantizer
+from transformers.utils import can_return_tuple, logging, torch_compilable_check
 
+from .native_subclass import TransformersNativeMixin
 from .tokenizer_utils import (
     TokenizerDecoderOutput,
     TokenizerEncoderOutput,
@@ -403,4 +423,129 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
         return TokenizerDecoderOutput(reconstruction=frames.unflatten(0, (batch_size, -1)))
 
 
-__all__ = ["Emu3VisionTokenizer", "Emu3VisionTokenizerQuantizer"]
+
+# ---------------------------------------------------------------------------------------------------------- AR model
+class Emu3Model(TransformersNativeMixin, hf_emu3.Emu3Model):
+    """transformers' `Emu3Model` with an `Emu3VisionTokenizer` as `vqmodel` (same parameters): images are encoded at
+    their own sizes, pixel sizes and placeholder counts are checked, and the vision tokenizer stays frozen in eval
+    mode (see the module docstring)."""
+
+    def __init__(self, config: Emu3Config):
+        # transformers' constructor with the tokenizer subclass in place of `Emu3VQVAE` (not built twice)
+        super(hf_emu3.Emu3Model, self).__init__(config)
+        self.text_model = hf_emu3.Emu3TextModel._from_config(config.text_config)
+        self.vqmodel = Emu3VisionTokenizer(config.vq_config)
+        self.vocabulary_mapping = hf_emu3.Emu3ImageVocabularyMapping(config.vocabulary_map)
+        self.post_init()
+
+    def train(self, mode: bool = True):
+        """Training mode for the LLM only: the vision tokenizer stays in eval mode. The original trains the LLM alone,
+        on codes precomputed with the frozen tokenizer (its argmin gives it no gradient); in training mode its
+        BatchNorm3d layers would renormalise every batch and update their running statistics, which adapters (LoRA)
+        do not save. Call `model.model.vqmodel.train()` afterwards to train the tokenizer itself."""
+        super().train(mode)
+        self.vqmodel.eval()
+        return self
+
+    def check_images(self, pixel_values: torch.Tensor, image_sizes=None) -> None:
+        """Raises a ValueError unless `pixel_values` `[num_images, C, H, W]` and `image_sizes` `[num_images, 2]` are
+        what `Emu3Processor` makes: every image size a positive multiple of the spatial factor and at most (H, W)."""
+        num_channels, factor = self.config.vq_config.in_channels, self.vqmodel.spatial_factor
+        is_tensor = isinstance(pixel_values, torch.Tensor)
+        if not is_tensor or pixel_values.ndim != 4 or pixel_values.shape[1] != num_channels:
+            got = f"shape {tuple(pixel_values.shape)}" if is_tensor else type(pixel_values).__name__
+            raise ValueError(
+                f"Emu3 takes images as pixel_values of shape [num_images, {num_channels}, height, width] (with "
+                f"image_sizes [num_images, 2], as Emu3Processor returns them), got {got}."
+            )
+        if image_sizes is None:
+            return
+        height, width = pixel_values.shape[-2:]
+        for index, (image_height, image_width) in enumerate(self.vqmodel._image_sizes(pixel_values, image_sizes)):
+            if 0 < image_height <= height and 0 < image_width <= width and not (image_height % factor or
+                                                                                image_width % factor):
+                continue
+            raise ValueError(
+                f"image_sizes gives image {index} {image_height}x{image_width} pixels, but pixel_values hold "
+                f"{height}x{width} pixels: expected every image size to be a positive multiple of the vision "
+                f"tokenizer's spatial factor {factor} and at most the pixel size ({height}x{width}), got "
+                f"{image_height}x{image_width}. Pass the pixel_values and image_sizes of one Emu3Processor call "
+                "unchanged."
+            )
+
+    def encode_images(self, pixel_values: torch.Tensor, image_sizes=None):
+        """`pixel_values` `[num_images, C, H, W]` (+ `image_sizes` of a padded batch) -> the vision tokenizer's
+        output, each image encoded at its own size: `tokens` `[num_images, h, w]`, or a list of `[h_i, w_i]` when the
+        sizes differ (`Emu3VisionTokenizer.encode`)."""
+        self.check_images(pixel_values, image_sizes)
+        return self.vqmodel.encode(pixel_values, image_sizes)
+
+    def get_image_tokens(self, pixel_values: torch.Tensor, image_sizes=None) -> torch.LongTensor:
+        """The ids that fill the images' placeholders, all images concatenated: each image's visual-token ids row by
+        row, every row followed by the row end `<|extra_200|>` (`h_i * (w_i + 1)` ids per image)."""
+        codes = self.encode_images(pixel_values, image_sizes).tokens
+        return torch.cat([self.vocabulary_mapping.convert_img2bpe(grid).flatten() for grid in codes])
+
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, image_sizes=None, **kwargs) -> Emu3VQVAEModelOutput:
+        r"""
+        Images -> the embeddings that fill their placeholders.
+
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`):
+                Images in [-1, 1], padded to a common size when they differ (`Emu3Processor`).
+            image_sizes (`torch.LongTensor` of shape `(num_images, 2)`, *optional*):
+                (height, width) of each image; defaults to the full size of `pixel_values`.
+
+        Returns:
+            `Emu3VQVAEModelOutput` with `pooler_output` (a tuple of `[h_i * (w_i + 1), text_hidden_size]` embeddings,
+            one per image), `image_tokens` (a list of `[h_i, w_i]` codes) and `last_hidden_state` (a tuple of the
+            quantizer's `[embed_dim, h_i, w_i]` input latents; transformers returns its padded encoder output).
+            Other keyword arguments (transformers' output-capturing flags) are accepted and not used.
+        """
+        encoded = self.encode_images(pixel_values, image_sizes)
+        codes = list(encoded.tokens)
+        ids = [self.vocabulary_mapping.convert_img2bpe(grid).flatten() for grid in codes]
+        embeddings = self.get_input_embeddings()(torch.cat(ids))
+        return Emu3VQVAEModelOutput(last_hidden_state=tuple(encoded.encoder_output),
+                                    pooler_output=torch.split(embeddings, [len(i) for i in ids]), image_tokens=codes)
+
+    @torch.no_grad()
+    def decode_image_tokens(self, image_tokens: torch.LongTensor, height: int, width: int) -> torch.FloatTensor:
+        """Generated image sequences `[batch, height * (width + 1) + 3]` (rows of visual-token ids with row ends, then
+        `<|extra_201|>`, `<|image end|>` and one more id, as transformers' method takes them) -> pixels
+        `[batch, 3, factor * height, factor * width]` in [-1, 1] (spatial factor 8 for the releases), decoded by the
+        vision tokenizer."""
+        rows = image_tokens[:, :-3].reshape(-1, height, width + 1)
+        return self.vqmodel.decode(self.vocabulary_mapping.convert_bpe2img(rows).long()).reconstruction
+
+    def get_placeholder_mask(self, input_ids, inputs_embeds: torch.Tensor, image_features: torch.Tensor):
+        """transformers' mask of the `<image>` placeholders, after checking that there is one per image token."""
+        token_id = self.vocabulary_mapping.image_token_id
+        if input_ids is not None:
+            num_placeholders = (input_ids == token_id).sum()
+        else:
+            placeholder = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+            num_placeholders = (inputs_embeds == placeholder).all(-1).sum()
+        torch_compilable_check(num_placeholders == image_features.shape[0], lambda: (
+            f"input_ids hold {int(num_placeholders)} image placeholders (image_token_id {token_id}), but the images "
+            f"give {image_features.shape[0]} image tokens (h * (w + 1) per image: its h x w codes and a row end "
+            "per row); expected one placeholder per image token. Build input_ids and pixel_values with one "
+            "Emu3Processor call, which writes the placeholders for each image's size."
+        ))
+        return super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
+
+
+class Emu3ForConditionalGeneration(TransformersNativeMixin, hf_emu3.Emu3ForConditionalGeneration):
+    """transformers' `Emu3ForConditionalGeneration` around vistok's `Emu3Model` (see the module docstring);
+    parameters, outputs and the saved config are those of transformers' class."""
+
+    def __init__(self, config: Emu3Config):
+        # transformers' constructor with vistok's Emu3Model (transformers' would build its VQ first)
+        super(hf_emu3.Emu3ForConditionalGeneration, self).__init__(config)
+        self.model = Emu3Model(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+
+__all__ = ["Emu3ForConditionalGeneration", "Emu3Model", "Emu3VisionTokenizer", "Emu3VisionTokenizerQuantizer"]

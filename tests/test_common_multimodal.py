@@ -416,9 +416,9 @@ def test_wrong_pixel_size_raises_value_error(tester):
 
 
 def test_checked_subclasses_save_what_plain_transformers_loads(tmp_path):
-    """vistok's same-name subclasses of transformers' classes (InternVL, VideoLLaMA3: input checks only) save
-    transformers' own files; plain transformers, never importing vistok, loads them by config.json's `architectures`
-    and through its Auto class and computes the same logits (one fresh process for all)."""
+    """vistok's same-name subclasses of transformers' classes (InternVL, VideoLLaMA3, Emu3: no weights of their own)
+    save transformers' own files; plain transformers, never importing vistok, loads them by config.json's
+    `architectures` and through its Auto class and computes the same logits (one fresh process for all)."""
     from mm_testers import assert_saves_like_transformers
 
     def extends_same_name_transformers_class(cls):
@@ -432,7 +432,7 @@ def test_checked_subclasses_save_what_plain_transformers_loads(tmp_path):
             processor = tester.get_processor()
             cases.append((tester.make_model(), dict(tester.example_inputs(processor, num_images=1))))
     assert {type(model).__name__ for model, _ in cases} >= {
-        "InternVLForConditionalGeneration", "VideoLlama3ForConditionalGeneration"}
+        "InternVLForConditionalGeneration", "VideoLlama3ForConditionalGeneration", "Emu3ForConditionalGeneration"}
     assert_saves_like_transformers(cases, tmp_path)
 
 

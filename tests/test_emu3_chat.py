@@ -1,6 +1,7 @@
-"""`vistok-convert emu3` (the Emu3-Chat/-Gen release layout -> transformers' `Emu3ForConditionalGeneration` +
-`Emu3Processor`) against `tests/fixtures/emu3_chat`, whose expected ids, codes, logits and greedy tokens were made
-by the ORIGINAL Emu3 code (tokenizer, processor `mode="U"`, vision tokenizer, `Emu3ForCausalLM`; see its README).
+"""`vistok-convert emu3` (the Emu3-Chat/-Gen release layout -> transformers' `emu3` model type, loaded as vistok's
+same-name `Emu3ForConditionalGeneration` + transformers' `Emu3Processor`) against `tests/fixtures/emu3_chat`, whose
+expected ids, codes, logits and greedy tokens were made by the ORIGINAL Emu3 code (tokenizer, processor `mode="U"`,
+vision tokenizer, `Emu3ForCausalLM`; see its README).
 """
 
 import json
@@ -12,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForImageTextToText, AutoProcessor, Emu3ForConditionalGeneration, pipeline
+from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
 
 import vistok  # noqa: F401  (registers vistok's classes)
 from hub_fixtures import fake_hub, hub_client  # noqa: F401  (pytest fixtures)
@@ -20,6 +21,7 @@ from vistok.conversion.__main__ import convert as convert_api
 from vistok.conversion.__main__ import main as convert_main
 from vistok.conversion.convert_emu3 import find_vision_tokenizer
 from vistok.conversion.utils import ConversionError
+from vistok.modeling.modeling_emu3 import Emu3ForConditionalGeneration
 from vistok.modeling.token_layout_emu3 import Emu3TokenLayout
 
 
@@ -120,7 +122,7 @@ def test_prompt_ids_codes_and_logits_equal_the_original(loaded, index):
     inputs = chat_inputs(processor, index)
     assert torch.equal(filled_ids(model, inputs), IO[f"input_ids_{index}"])
     with torch.no_grad():
-        codes = model.model.vqmodel.encode(inputs["pixel_values"], inputs["image_sizes"]).image_tokens[0]
+        codes = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).image_tokens[0]
         logits = model(**inputs).logits[0]
     assert torch.equal(codes, IO[f"codes_{index}"])
     expected = IO[f"logits_{index}"]
@@ -128,9 +130,9 @@ def test_prompt_ids_codes_and_logits_equal_the_original(loaded, index):
 
 
 def test_left_padded_batch_layout_equals_the_original(loaded):
-    """Both prompts in one processor call: the same left padding and mask as the original's batch. The placeholders
-    are filled with each image's tokens computed alone (transformers encodes a zero-padded batch of images, see the
-    known failure in tests/mm_testers/emu3.py)."""
+    """Both prompts and their images of different sizes in one processor call (the images zero-padded to a common
+    size + `image_sizes`): the same left padding, mask and filled ids as the original's batch, whose images were
+    encoded one by one; and each row's logits equal that prompt's alone."""
     model, processor = loaded
     messages = [[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q}]}]
                 for q in EXPECTED["questions"]]
@@ -138,11 +140,15 @@ def test_left_padded_batch_layout_equals_the_original(loaded):
     images = [Image.open(FIXTURE / f"image_{i}.png") for i in (0, 1)]
     batch = processor(text=prompts, images=images, padding=True, return_tensors="pt")
     assert torch.equal(batch["attention_mask"], IO["batch_attention_mask"])
+    assert batch["pixel_values"].shape[-2:] == (48, 56)  # 40x56 and 48x32 (height x width) padded
     ids = batch["input_ids"].clone()
-    for row in (0, 1):
-        single = filled_ids(model, chat_inputs(processor, row))
-        ids[row, ids.shape[1] - len(single):] = single
+    with torch.no_grad():
+        ids[ids == model.config.image_token_id] = model.model.get_image_tokens(
+            batch["pixel_values"], batch["image_sizes"]).long()
+        logits = model(**batch).logits
     assert torch.equal(ids, IO["batch_input_ids"])
+    torch.testing.assert_close(logits[0], IO["logits_0"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(logits[1, -len(IO["logits_1"]):], IO["logits_1"], atol=1e-4, rtol=1e-4)
 
 
 def test_generate_and_pipeline_answer_like_the_original(loaded, converted):
@@ -167,7 +173,7 @@ def test_image_layout_agrees_with_emu3_token_layout(loaded):
     layout = Emu3TokenLayout.from_vocabulary(processor.tokenizer.get_vocab())
     inputs = chat_inputs(processor, 1)
     with torch.no_grad():
-        codes = model.model.vqmodel.encode(inputs["pixel_values"], inputs["image_sizes"]).image_tokens[0]
+        codes = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"]).image_tokens[0]
     assert codes.shape == (48 // 8, 32 // 8)  # 36x52 -> smart resize -> 32x48 pixels
     image_ids = processor.tokenizer(layout.prompt(codes), add_special_tokens=False)["input_ids"]
     original = IO["input_ids_1"].tolist()
@@ -206,8 +212,8 @@ def test_image_generation_helpers_on_the_converted_model(loaded):
 
 
 def test_lora_on_the_llm_with_the_vision_tokenizer_kept_in_eval(converted, tmp_path):
-    """The documented fine-tuning recipe: LoRA on the "llm" part, `model.model.vqmodel.eval()` after `train()` (else
-    transformers' Emu3 updates the VQ's BatchNorm3d statistics); the adapter then reloads to the same logits."""
+    """The documented fine-tuning recipe: LoRA on the "llm" part; `train()` leaves the vision tokenizer in eval mode,
+    so its BatchNorm3d statistics stay the release's, and the adapter reloads to the same logits."""
     from peft import LoraConfig, PeftModel, get_peft_model
 
     from vistok.modeling.lora import get_lora_target_modules
@@ -222,7 +228,7 @@ def test_lora_on_the_llm_with_the_vision_tokenizer_kept_in_eval(converted, tmp_p
     vq_state = {k: v.clone() for k, v in model.model.vqmodel.state_dict().items()}
     peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets))
     peft_model.train()
-    model.model.vqmodel.eval()
+    assert model.model.text_model.training and not any(m.training for m in model.model.vqmodel.modules())
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(4):
@@ -311,3 +317,211 @@ def test_conversion_errors(vision_tokenizer, tmp_path):
         convert_api("emu3", release, tmp_path / "e", vision_tokenizer=vision_tokenizer)
     with pytest.raises(ConversionError, match="--vision-tokenizer does not apply to titok"):
         convert_api("titok", release, tmp_path / "f", vision_tokenizer=vision_tokenizer)
+
+
+# -- vistok's Emu3 classes against transformers' ---------------------------------------------------------------------
+def tiny_emu3():
+    """The shared tiny Emu3 tester (8x VQ with 32 codes, 2-layer LLM, smart resize within [16^2, 48^2] pixels)."""
+    from mm_testers.emu3 import TESTERS
+
+    return TESTERS[0]
+
+
+def same_size_batch(tester, processor):
+    """Two left-padded prompts with two and one images, all 30x44 px (one size: no padded pixels)."""
+    first, second, third = (tester.make_images(1, seed=seed)[0] for seed in (1, 2, 3))
+    prompts = [tester.build_prompt(processor, num_images=2, question="Compare."),
+               tester.build_prompt(processor, num_images=1, question="What is it? Say it in a few words.")]
+    return tester.prepare_inputs(processor, prompts, [[first, second], [third]])
+
+
+def generated_image_sequences(model, batch_size: int, height: int, width: int) -> torch.Tensor:
+    """What `decode_image_tokens` takes: random codes as visual-token ids, a row end after each row, then 3 more ids
+    (EOF, EOI, EOS as generated; the method drops them)."""
+    codes = torch.randint(0, model.config.vq_config.codebook_size, (batch_size, height, width),
+                          generator=torch.Generator().manual_seed(0))
+    rows = torch.stack([model.vocabulary_mapping.convert_img2bpe(grid).flatten() for grid in codes])
+    return torch.cat([rows, torch.zeros(batch_size, 3, dtype=rows.dtype)], dim=1)
+
+
+def test_checked_classes_compute_what_transformers_computes():
+    """Same weights, inputs of one image size: codes, image embeddings, logits (from ids or embeddings), the base
+    model's hidden states and generated ids equal transformers' classes bit for bit; decoded pixels agree to 1e-5
+    (vistok decodes an image's one returned frame, transformers all 4 temporal frames)."""
+    from transformers import Emu3ForConditionalGeneration as PlainGeneration
+    from transformers import Emu3Model as PlainModel
+
+    from mm_testers import with_the_same_weights
+    from vistok.modeling.modeling_emu3 import Emu3Model, Emu3VisionTokenizer
+
+    tester = tiny_emu3()
+    config, processor = tester.get_config(), tester.get_processor()
+    checked, plain = with_the_same_weights(Emu3ForConditionalGeneration, PlainGeneration, config)
+    assert isinstance(checked.model, Emu3Model) and isinstance(checked.model.vqmodel, Emu3VisionTokenizer)
+    inputs = same_size_batch(tester, processor)
+    assert inputs["image_sizes"].tolist() == [[32, 48]] * 3 and (inputs["attention_mask"] == 0).any()
+    pixels, sizes = inputs["pixel_values"], inputs["image_sizes"]
+    with torch.no_grad():
+        assert torch.equal(checked(**inputs).logits, plain(**inputs).logits)
+        embedded = {k: v for k, v in inputs.items() if k != "input_ids"}
+        embedded["inputs_embeds"] = plain.get_input_embeddings()(inputs["input_ids"])
+        assert torch.equal(checked(**embedded).logits, plain(**embedded).logits)
+        got, expected = checked.model.get_image_features(pixels, sizes), plain.model.get_image_features(pixels, sizes)
+        assert len(got.image_tokens) == len(got.pooler_output) == 3
+        assert all(torch.equal(a, b) for a, b in zip(got.image_tokens, expected.image_tokens))
+        assert all(torch.equal(a, b) for a, b in zip(got.pooler_output, expected.pooler_output))
+        assert torch.equal(checked.model.get_image_tokens(pixels, sizes), plain.model.get_image_tokens(pixels, sizes))
+        generate_kwargs = {"max_new_tokens": 4, "do_sample": False}
+        assert torch.equal(checked.generate(**inputs, **generate_kwargs), plain.generate(**inputs, **generate_kwargs))
+
+        sequences = generated_image_sequences(checked, batch_size=2, height=2, width=3)
+        decoded = checked.decode_image_tokens(image_tokens=sequences, height=2, width=3)
+        assert decoded.shape == (2, 3, 16, 24)
+        torch.testing.assert_close(decoded, plain.decode_image_tokens(image_tokens=sequences, height=2, width=3),
+                                   atol=1e-5, rtol=0)
+
+        checked_base, plain_base = with_the_same_weights(Emu3Model, PlainModel, config)
+        assert torch.equal(checked_base(**inputs).last_hidden_state, plain_base(**inputs).last_hidden_state)
+
+
+def test_images_of_different_sizes_get_their_own_codes():
+    """One processor call with three image sizes (zero-padded to a common size + image_sizes): the ids filling the
+    placeholders are those of each image processed and encoded alone by transformers' class, and as many as the
+    placeholders, h * (w + 1) per image."""
+    from transformers import Emu3ForConditionalGeneration as PlainGeneration
+
+    from mm_testers import with_the_same_weights
+
+    tester = tiny_emu3()
+    processor = tester.get_processor()
+    checked, plain = with_the_same_weights(Emu3ForConditionalGeneration, PlainGeneration, tester.get_config())
+    images = tester.make_images(3, seed=5)
+    inputs = tester.prepare_inputs(processor, [tester.build_prompt(processor, num_images=3)], [images])
+    sizes = inputs["image_sizes"].tolist()
+    assert len({tuple(size) for size in sizes}) == 3
+    assert list(inputs["pixel_values"].shape[-2:]) == [max(h for h, _ in sizes), max(w for _, w in sizes)]
+    with torch.no_grad():
+        ids = checked.model.get_image_tokens(inputs["pixel_values"], inputs["image_sizes"])
+        alone = []
+        for image in images:
+            single = processor.image_processor([image], return_tensors="pt")
+            alone.append(plain.model.get_image_tokens(single["pixel_values"], single["image_sizes"]))
+    assert torch.equal(ids, torch.cat(alone))
+    num_placeholders = (inputs["input_ids"] == checked.config.image_token_id).sum()
+    assert len(ids) == sum(h // 8 * (w // 8 + 1) for h, w in sizes) == num_placeholders
+
+
+def corrupt(inputs, **changes) -> dict:
+    return dict(inputs) | changes
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("narrower_pixels", ["image_sizes gives image 0 32x48 pixels, but pixel_values hold 32x46", "at most the pixel"]),
+    ("size_not_multiple", ["expected every image size to be a positive multiple of", "factor 8", "got 30x48"]),
+    ("size_larger", ["at most the pixel size (32x48), got 40x48"]),
+    ("sizes_shape", ["image_sizes must have shape [1, 2] (height, width per image), got (1, 3)"]),
+    ("video", ["pixel_values of shape [num_images, 3, height, width]", "got shape (1, 4, 3, 32, 48)"]),
+    ("channels", ["pixel_values of shape [num_images, 3, height, width]", "got shape (1, 4, 32, 48)"]),
+    ("no_sizes_not_multiple", ["multiples of the spatial factor 8, got 32x44"]),
+])
+def test_wrong_pixels_raise_value_errors_naming_expected_and_got(case, expected):
+    tester = tiny_emu3()
+    model = tester.make_model()
+    inputs = tester.example_inputs(tester.get_processor(), num_images=1)
+    pixels = inputs["pixel_values"]
+    assert tuple(pixels.shape) == (1, 3, 32, 48)
+    bad = {
+        "narrower_pixels": corrupt(inputs, pixel_values=pixels[..., :46]),
+        "size_not_multiple": corrupt(inputs, image_sizes=torch.tensor([[30, 48]])),
+        "size_larger": corrupt(inputs, image_sizes=torch.tensor([[40, 48]])),
+        "sizes_shape": corrupt(inputs, image_sizes=torch.tensor([[32, 48, 1]])),
+        "video": corrupt(inputs, pixel_values=pixels[:, None].expand(-1, 4, -1, -1, -1)),
+        "channels": corrupt(inputs, pixel_values=torch.cat([pixels, pixels[:, :1]], dim=1)),
+        "no_sizes_not_multiple": {k: v for k, v in corrupt(inputs, pixel_values=pixels[..., :44]).items()
+                                  if k != "image_sizes"},
+    }[case]
+    with pytest.raises(ValueError) as error, torch.no_grad():
+        model(**bad)
+    assert all(part in str(error.value) for part in expected), str(error.value)
+
+
+@pytest.mark.parametrize("change", [-1, 1])
+def test_placeholder_count_error_names_tokens_not_features_times_hidden_size(change):
+    """One image of 4x6 codes gives 4 * (6 + 1) = 28 image tokens; input_ids with 27 or 29 placeholders (given as ids
+    or as embeddings) raise a ValueError with both counts."""
+    tester = tiny_emu3()
+    model, processor = tester.make_model(), tester.get_processor()
+    inputs = tester.example_inputs(processor, num_images=1, question="Describe it in detail.")
+    input_ids = inputs["input_ids"].clone()
+    placeholders = (input_ids == model.config.image_token_id).nonzero()
+    assert len(placeholders) == 28
+    if change < 0:
+        input_ids[tuple(placeholders[-1])] = processor.tokenizer.pad_token_id
+    else:
+        input_ids[0, placeholders[-1, 1] + 1] = model.config.image_token_id
+    embeds = model.get_input_embeddings()(input_ids)
+    for bad in (corrupt(inputs, input_ids=input_ids),
+                {k: v for k, v in inputs.items() if k != "input_ids"} | {"inputs_embeds": embeds}):
+        with pytest.raises(ValueError) as error, torch.no_grad():
+            model(**bad)
+        assert f"input_ids hold {28 + change} image placeholders" in str(error.value), str(error.value)
+        assert "the images give 28 image tokens" in str(error.value), str(error.value)
+
+
+def test_train_keeps_the_vision_tokenizer_frozen_in_eval_mode():
+    tester = tiny_emu3()
+    model, processor = tester.make_model(), tester.get_processor()
+    inputs = tester.example_inputs(processor, num_images=2)
+    vq_state = {k: v.clone() for k, v in model.model.vqmodel.state_dict().items()}
+    assert any(k.endswith("running_mean") for k in vq_state)
+    model.train()
+    assert model.training and model.model.text_model.training and model.lm_head.training
+    assert not any(module.training for module in model.model.vqmodel.modules())
+    model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    assert all(torch.equal(v, vq_state[k]) for k, v in model.model.vqmodel.state_dict().items())
+    model.model.vqmodel.train()  # training the tokenizer itself is an explicit choice
+    assert model.model.vqmodel.training
+    model.eval()
+    assert not any(module.training for module in model.modules())
+
+
+def test_offloaded_codebook_and_bfloat16_loading(tmp_path):
+    """The quantizer (with the codebook) offloaded to disk: codes, logits and decoding equal the model in memory.
+    Loading in bfloat16 keeps the vision tokenizer's code path in float32: the same codes from bfloat16 pixels.
+    `AutoModel` loads the saved generation model as vistok's `Emu3Model`."""
+    from vistok.modeling.modeling_emu3 import Emu3Model
+
+    tester = tiny_emu3()
+    model, processor = tester.make_model(), tester.get_processor()
+    model.save_pretrained(tmp_path / "model")
+    inputs = tester.example_inputs(processor, num_images=2)
+    pixels, sizes = inputs["pixel_values"], inputs["image_sizes"]
+    sequences = generated_image_sequences(model, batch_size=1, height=2, width=2)
+    with torch.no_grad():
+        expected = model.model.get_image_tokens(pixels, sizes), model(**inputs).logits
+        expected_pixels = model.decode_image_tokens(image_tokens=sequences, height=2, width=2)
+
+    vq_parts = ("encoder", "decoder", "quant_conv", "post_quant_conv")
+    device_map = {"model.text_model": "cpu", "lm_head": "cpu", "model.vqmodel.quantize": "disk"}
+    device_map |= {f"model.vqmodel.{part}": "cpu" for part in vq_parts}
+    offloaded = AutoModelForImageTextToText.from_pretrained(
+        tmp_path / "model", device_map=device_map, offload_folder=str(tmp_path / "offload")).eval()
+    assert offloaded.hf_device_map["model.vqmodel.quantize"] == "disk"
+    assert offloaded.model.vqmodel.quantize.embedding.weight.device.type == "meta"
+    with torch.no_grad():
+        assert torch.equal(offloaded.model.get_image_tokens(pixels, sizes), expected[0])
+        assert torch.equal(offloaded(**inputs).logits, expected[1])
+        assert torch.equal(offloaded.decode_image_tokens(image_tokens=sequences, height=2, width=2), expected_pixels)
+
+    bf16 = AutoModelForImageTextToText.from_pretrained(tmp_path / "model", dtype=torch.bfloat16).eval()
+    vqmodel = bf16.model.vqmodel
+    assert bf16.model.text_model.embed_tokens.weight.dtype == torch.bfloat16
+    assert {vqmodel.encoder.conv_in.weight.dtype, vqmodel.quantize.embedding.weight.dtype} == {torch.float32}
+    with torch.no_grad():
+        assert torch.equal(bf16.model.get_image_tokens(pixels.bfloat16(), sizes), expected[0])
+
+    base, info = AutoModel.from_pretrained(tmp_path / "model", output_loading_info=True)
+    assert type(base) is Emu3Model and not info["missing_keys"], info  # only the head is left out, as in transformers
+    assert info["unexpected_keys"] == {"text_model.lm_head.weight"}, info
+    with torch.no_grad():
+        assert torch.equal(base.get_image_tokens(pixels, sizes), expected[0])

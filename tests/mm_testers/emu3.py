@@ -1,14 +1,16 @@
-"""Tiny Emu3 AR model (transformers' ``emu3`` classes, what ``vistok-convert emu3`` writes): a 4-level VQ (8x
-spatial, like the release, which ``Emu3Processor`` assumes) with 32 codes, a 2-layer Llama-style LLM, the chat
-template of the converted releases. An image becomes ``<|image start|>h*w<|image token|>``, ``h * (w + 1)`` copies
-of ``<image>`` (the model fills in each row's visual tokens and the row end), ``<|extra_201|><|image end|>``.
+"""Tiny Emu3 AR model (model type ``emu3``, what ``vistok-convert emu3`` writes, through vistok's same-name subclasses
+of transformers' classes): a 4-level VQ (8x spatial, like the release, which ``Emu3Processor`` assumes) with 32
+codes, a 2-layer Llama-style LLM, the chat template of the converted releases. An image becomes
+``<|image start|>h*w<|image token|>``, ``h * (w + 1)`` copies of ``<image>`` (the model fills in each row's visual
+tokens and the row end), ``<|extra_201|><|image end|>``.
 
 LoRA: only the ``"llm"`` part. The VQ produces codes by an argmin, so no gradient reaches it and an adapter there
 would never train; images enter the LLM through its own token embeddings.
 """
 
-from transformers import Emu3Config, Emu3ForConditionalGeneration, Emu3ImageProcessor, Emu3Processor
+from transformers import Emu3Config, Emu3ImageProcessor, Emu3Processor
 
+from vistok.modeling.modeling_emu3 import Emu3ForConditionalGeneration
 from vistok.processing.chat_templates import EMU3_CHAT_TEMPLATE
 
 from . import MultimodalTester, make_tiny_tokenizer
@@ -24,30 +26,6 @@ class Emu3Tester(MultimodalTester):
     name = "emu3"
     model_class = Emu3ForConditionalGeneration
     lora_parts = ("llm",)
-    known_failures = {
-        "batch_with_different_numbers_of_images_equals_items_one_by_one": (
-            "transformers' Emu3ImageProcessor zero-pads the images of one call to a common size and Emu3VQVAE.encode "
-            "quantizes the padded images before cropping the codes, so a smaller image's codes depend on its batch"
-        ),
-        "placeholder_count_differs_from_features": (
-            "transformers' Emu3Model.get_placeholder_mask reports the features as count x hidden size "
-            "('tokens: 27, features: 896'), not the number of image tokens"
-        ),
-        "device_map_auto_with_cpu_and_disk_offload": (
-            "transformers' Emu3VQVAEVectorQuantizer reads `self.embedding.weight` instead of calling the embedding, so "
-            "accelerate's offload hooks never load a disk-offloaded codebook (RuntimeError: Tensor on device meta)"
-        ),
-        "lora_trains_saves_and_merges": (
-            "transformers' Emu3 lets `model.train()` put the frozen VQ's BatchNorm3d layers in training mode: their "
-            "running statistics drift while the LLM adapter trains and are not part of the adapter, so the reloaded "
-            "adapter differs (work-around: `model.model.vqmodel.eval()` after `model.train()`)"
-        ),
-        "wrong_pixel_size_raises_value_error": (
-            "transformers' Emu3Model.get_image_features encodes pixels of any size and then fails in torch.split "
-            "(RuntimeError 'split_with_sizes expects split_sizes to sum exactly to 24') instead of a ValueError "
-            "naming the pixel size"
-        ),
-    }
 
     def get_tokenizer(self):
         return make_tiny_tokenizer(NAMED_TOKENS, special_tokens=OTHER_TOKENS, bos_token="<|extra_203|>")
