@@ -266,7 +266,7 @@ def tile_size(original: dict, vision: dict) -> int:
     return size
 
 
-def build_processors(original: dict, vision: dict, tokenizer, image_seq_length: int) -> list:
+def build_processors(original: dict, vision: dict, tokenizer, image_seq_length: int, notes: list) -> list:
     side = tile_size(original, vision)
     size = {"height": side, "width": side}
     tiling = dict(size=size, crop_to_patches=bool(original.get("dynamic_image_size", True)),
@@ -346,5 +346,5 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
         model.generation_config.eos_token_id = list(dict.fromkeys([*eos, im_end]))
-    processors = build_processors(original, vision, tokenizer, image_seq_length)
+    processors = build_processors(original, vision, tokenizer, image_seq_length, notes)
     return ConversionResult(model=model, processors=processors, notes=notes)

@@ -543,7 +543,7 @@ def test_checkpoints_with_the_hermes2_template_get_its_chat_template(parity_root
         ("phi3-chat",  # not supported: written as internvl2_5, with a note
          "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
     ):
-        processor = build_processors({"template": template, "system_message": "Be brief."}, {"image_size": 16},
+        processor = build_processors({"template": template, "system_message": "Be brief."}, {"image_size": 16, "patch_size": 4},
                                      tokenizer, 4, notes)[-1]
         assert processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == expected
     assert len(notes) == 1 and "phi3-chat" in notes[0]
@@ -602,10 +602,11 @@ def test_use_thumbnail_false_tiles_without_the_thumbnail(parity_root, tmp_path):
     at most 6: the closest grid to 50/30 among cols*rows <= 6 is 3x2 (ratio 1.5), so 6 tiles, no 7th."""
     case = parity_cases(parity_root)[0]
     config = json.loads((case / "original" / "config.json").read_text())
-    tile = config["force_image_size"]
+    tile = config.get("force_image_size") or config["vision_config"]["image_size"]
     source = tmp_path / "release"
     source.mkdir()
-    (source / "config.json").write_text(json.dumps(config | {"use_thumbnail": False, "max_dynamic_patch": 6}))
+    (source / "config.json").write_text(json.dumps(config | {"use_thumbnail": False, "dynamic_image_size": True,
+                                                                 "min_dynamic_patch": 1, "max_dynamic_patch": 6}))
     (source / "model.safetensors").symlink_to(case / "original" / "model.safetensors")
     assert convert_main(["internvl2_5", str(source), str(tmp_path / "converted")]) == 0
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (30 * tile // 16, 50 * tile // 16, 3),
