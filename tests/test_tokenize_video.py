@@ -1,0 +1,169 @@
+"""Video datasets in ``vistok-tokenize`` and ``vistok-eval``: a folder of mp4 files (``videofolder``), decoded with
+PyAV through the model's video processor, tokenized by tiny random LARP (1D tokens) and Emu3 (grid tokens) models.
+
+Expected values come from the processor and the model called directly on each file, one clip at a time.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from transformers import AutoModel, AutoVideoProcessor
+
+import vistok  # noqa: F401  (registers the Auto classes)
+from testers import all_testers
+from vistok.evaluation import main as eval_main
+from vistok.tokenize_dataset import main as tokenize_main
+
+
+TESTERS = {t.name: t for t in all_testers()}
+# (frames, width, height): odd frame counts, non-square and odd frame sizes (written in yuv444p)
+CLIPS = [(9, 40, 30), (11, 37, 29), (13, 30, 44)]
+
+
+def write_clip(path: Path, frames: int, width: int, height: int, seed: int) -> None:
+    rng = np.random.RandomState(seed)
+    ramp = np.linspace(0, 200, width, dtype=np.float32)[None, :, None]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(8))
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
+        for index in range(frames):
+            pixels = ramp + 4 * index + rng.randint(0, 40, (height, width, 3))
+            frame = av.VideoFrame.from_ndarray(np.clip(pixels, 0, 255).astype(np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("videos")
+    for index, (frames, width, height) in enumerate(CLIPS):
+        write_clip(folder / f"clip_{index}.mp4", frames, width, height, seed=index)
+    return folder
+
+
+@pytest.fixture(scope="module", params=["larp", "emu3-video"])
+def model_dir(request, tmp_path_factory):
+    tester = TESTERS[request.param]
+    folder = tmp_path_factory.mktemp(request.param)
+    tester.make_model().save_pretrained(folder)
+    tester.make_processor().save_pretrained(folder)
+    return folder
+
+
+def direct(model_dir: Path, video_dir: Path):
+    """Per clip, in file order: (pixel values [T, 3, H, W], tokens, reconstruction in the model range)."""
+    model = AutoModel.from_pretrained(model_dir).eval()
+    processor = AutoVideoProcessor.from_pretrained(model_dir)
+    outputs = []
+    for name in sorted(os.listdir(video_dir)):
+        pixel_values = processor(videos=[str(video_dir / name)], return_tensors="pt")["pixel_values_videos"]
+        with torch.no_grad():
+            tokens = model.encode(pixel_values).tokens
+            kwargs = {"num_frames": pixel_values.shape[1]} if getattr(model, "decode_takes_num_frames", False) else {}
+            reconstruction = model.decode(tokens, **kwargs).reconstruction
+        outputs.append((pixel_values[0], tokens[0], reconstruction[0]))
+    return model, processor, outputs
+
+
+def read_tokens(out: Path):
+    import datasets
+
+    dataset = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train")
+    return dataset["row"], dataset["tokens"]
+
+
+def test_tokenize_video_folder_and_resume(model_dir, video_dir, tmp_path):
+    out = tmp_path / "out"
+    args = [str(model_dir), str(video_dir), str(out), "--batch-size", "2", "--shard-size", "2", "--no-progress"]
+    assert tokenize_main(args) == 0
+    _, _, expected = direct(model_dir, video_dir)
+    rows, tokens = read_tokens(out)
+    assert rows == [0, 1, 2]
+    for got, (_, want, _) in zip(tokens, expected, strict=True):
+        assert got == want.reshape(-1).tolist()
+    metadata = json.loads(pq.read_schema(sorted((out / "data").glob("*.parquet"))[0]).metadata[b"vistok"])
+    assert metadata["token_shape"] == list(expected[0][1].shape)
+    assert metadata["token_layout"] == ("grid" if expected[0][1].ndim == 3 else "1d")
+    first = out / "data" / "train-00000-of-00002.parquet"
+    kept = first.stat().st_mtime_ns
+    (out / "data" / "train-00001-of-00002.parquet").unlink()
+    assert tokenize_main(args) == 0
+    assert first.stat().st_mtime_ns == kept and read_tokens(out) == (rows, tokens)
+
+
+def test_two_processes_under_accelerate_equal_one(model_dir, video_dir, tmp_path):
+    if "larp" not in model_dir.name:  # one model is enough: starting two processes costs ~30 s of CPU per run
+        pytest.skip("the multi-process run is checked with the LARP model")
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    common = ["--shard-size", "1", "--batch-size", "1", "--num-workers", "0", "--no-progress"]
+    assert tokenize_main([str(model_dir), str(video_dir), str(single), *common]) == 0
+    env = os.environ | {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vistok.tokenize_dataset",
+        str(model_dir), str(video_dir), str(parallel), *common,
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    writers = {json.loads(pq.read_schema(f).metadata[b"vistok"])["process_index"]
+               for f in (parallel / "data").glob("*.parquet")}
+    assert writers == {0, 1}, "both processes should have written shards"
+    assert read_tokens(parallel) == read_tokens(single)
+
+
+def test_eval_video_folder_saves_tokens_and_mp4s(model_dir, video_dir, tmp_path):
+    out = tmp_path / "eval"
+    assert eval_main([str(model_dir), str(video_dir), "--output-dir", str(out), "--save-tokens",
+                      "--save-reconstructions", "--batch-size", "3", "--no-progress"]) == 0
+    _, processor, expected = direct(model_dir, video_dir)
+    report = json.loads((out / "report.json").read_text())
+    assert report["num_images"] == 3 and report["num_frames"] == expected[0][0].shape[0]
+    _, tokens = read_tokens(out / "tokens")
+    for item, got, (pixel_values, want, reconstruction) in zip(report["images"], tokens, expected, strict=True):
+        assert got == want.reshape(-1).tolist()
+        original = processor.postprocess(pixel_values[None], output_type="pt")[0].double()
+        decoded = processor.postprocess(reconstruction[None], output_type="pt")[0].double()
+        mse = ((original - decoded) ** 2).mean().item()  # over every frame, channel and pixel of the clip
+        assert item["psnr"] == pytest.approx(10 * np.log10(1 / mse), rel=1e-6)
+        assert item["reconstruction"] == f"reconstructions/{Path(item['file']).stem}.mp4"
+        with av.open(str(out / item["reconstruction"])) as container:
+            frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+        want_frames = (decoded.permute(0, 2, 3, 1) * 255).round().numpy()
+        assert frames.shape == want_frames.shape  # [T, H, W, 3]
+        assert np.abs(frames - want_frames).mean() < 12, "the mp4 holds the reconstruction (up to H.264 loss)"
+
+
+def test_video_cells_with_bytes_only(model_dir, video_dir, tmp_path):
+    """A dataset whose Video cells hold only bytes (a parquet dataset with embedded videos) tokenizes the same."""
+    import datasets
+
+    from vistok.tokenize_dataset import load_tokenizer, tokenize_dataset
+
+    files = sorted(video_dir.iterdir())
+    cells = [{"path": None, "bytes": f.read_bytes()} for f in files]
+    dataset = datasets.Dataset.from_dict({"clip": cells}, features=datasets.Features({"clip": datasets.Video(decode=False)}))
+    model, processor, _ = load_tokenizer(str(model_dir), "video", device="cpu")
+    tokenize_dataset(model, processor, dataset, "clip", tmp_path / "out", batch_size=2, progress=False, num_workers=0,
+                     video=True)
+    _, tokens = read_tokens(tmp_path / "out")
+    assert tokens == [want.reshape(-1).tolist() for _, want, _ in direct(model_dir, video_dir)[2]]
+    assert not [f for f in os.listdir(tempfile.gettempdir()) if f.startswith("vistok-video-")]
+
+
+def test_video_data_for_an_image_tokenizer_is_a_clear_error(video_dir, tmp_path, capsys):
+    folder = tmp_path / "titok"
+    TESTERS["titok-vq"].make_model().save_pretrained(folder)
+    TESTERS["titok-vq"].make_image_processor().save_pretrained(folder)
+    assert tokenize_main([str(folder), str(video_dir), str(tmp_path / "out"), "--no-progress"]) == 2
+    assert "tokenizes images, but the data holds videos" in capsys.readouterr().err
