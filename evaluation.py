@@ -258,10 +258,11 @@ def evaluate_reconstruction(
         metrics: a `vistok.metrics.ReconstructionMetrics` (default: PSNR and SSIM); LPIPS and rFID when it has them.
             A clip's PSNR uses the MSE over all its frames; SSIM and LPIPS are averaged over its frames.
         video: the items are videos (`[B, T, 3, H, W]` after the video processor).
-        on_batch: called after every batch as `on_batch(examples, kind, encoded, reconstructed)`: the batch's
-            `Example`s, `"tokens"` or `"latents"`, what `encode` gave (`[B, ...]`, before `num_tokens`), and the
-            reconstructions in [0, 1] (`[B, C, H, W]` or `[B, T, C, H, W]`, on the CPU). `vistok-eval` saves tokens
-            and reconstruction files through it.
+        on_batch: called once per batch as `on_batch(examples, kind, encoded, reconstructed)`: the batch's
+            `Example`s, `"tokens"` or `"latents"`, per example what `encode` gave (before `num_tokens`) and its
+            reconstruction in [0, 1] (`[C, H, W]` or `[T, C, H, W]`, on the CPU). `vistok-eval` saves tokens and
+            reconstruction files through it. Items that the processor gives different sizes (Emu3) are encoded in
+            groups of one size; results follow that order.
     """
     from .metrics import ReconstructionMetrics
     from .tokenize_dataset import ProcessorCollate, encode_batch
@@ -287,38 +288,42 @@ def evaluate_reconstruction(
     originals_kept, reconstructions_kept = [], []
     bar = tqdm(total=total, unit="video" if video else "img", desc="vistok-eval", disable=not progress)
     for batch in _batches(_as_examples(images), batch_size):
-        result.files.extend(example.name for example in batch)
-        result.rows.extend(example.row for example in batch)
-        _, pixel_values = collate([(example.row, example.value) for example in batch])
-        kind, encoded = encode_batch(model, pixel_values.to(device=device, dtype=dtype))
-        discrete, source = kind == "tokens", encoded
-        if num_tokens is not None:
-            if source.ndim > 3 or (discrete and source.ndim != 2):
-                raise ValueError(f"--num-tokens keeps a prefix of 1D token sequences, but this model's tokens have "
-                                 f"shape {tuple(source.shape)}.")
-            source = source[:, :num_tokens]
-        batch_kwargs = dict(decode_kwargs)
-        if video and getattr(model, "decode_takes_num_frames", False):
-            batch_kwargs.setdefault("num_frames", pixel_values.shape[1])
-        reconstruction = model.decode(source, **batch_kwargs).reconstruction
-        original = to_unit_range(image_processor, pixel_values)
-        reconstructed = to_unit_range(image_processor, reconstruction.float())
-        if reconstructed.shape != original.shape:
-            raise ValueError(f"the reconstruction has shape {tuple(reconstructed.shape)} but the input has "
-                             f"{tuple(original.shape)}.")
-
-        metrics.update(reconstructed, original)
+        by_row = {example.row: example for example in batch}
+        done, encoded_items, reconstructed_items = [], [], []
+        for rows, pixel_values in collate([(example.row, example.value) for example in batch]):
+            kind, encoded = encode_batch(model, pixel_values.to(device=device, dtype=dtype))
+            discrete, source = kind == "tokens", encoded
+            if num_tokens is not None:
+                if source.ndim > 3 or (discrete and source.ndim != 2):
+                    raise ValueError(f"--num-tokens keeps a prefix of 1D token sequences, but this model's tokens "
+                                     f"have shape {tuple(source.shape)}.")
+                source = source[:, :num_tokens]
+            group_kwargs = dict(decode_kwargs)
+            if video and getattr(model, "decode_takes_num_frames", False):
+                group_kwargs.setdefault("num_frames", pixel_values.shape[1])
+            reconstruction = model.decode(source, **group_kwargs).reconstruction
+            original = to_unit_range(image_processor, pixel_values)
+            reconstructed = to_unit_range(image_processor, reconstruction.float())
+            if reconstructed.shape != original.shape:
+                raise ValueError(f"the reconstruction has shape {tuple(reconstructed.shape)} but the input has "
+                                 f"{tuple(original.shape)}.")
+            metrics.update(reconstructed, original)
+            done += [by_row[row] for row in rows.tolist()]
+            encoded_items += list(encoded)
+            reconstructed_items += list(reconstructed)
+            result.tokens_per_image, result.token_shape = _count_tokens(source, discrete)
+            result.discrete = discrete
+            result.image_size = tuple(original.shape[-2:])
+            result.num_frames = original.shape[1] if video else None
+            kept = sum(len(chunk) for chunk in originals_kept)
+            if kept < grid_images and (not originals_kept or originals_kept[0].shape[-2:] == original.shape[-2:]):
+                first = (lambda x: x[:, 0]) if video else (lambda x: x)
+                originals_kept.append(first(original)[: grid_images - kept])
+                reconstructions_kept.append(first(reconstructed)[: grid_images - kept])
+        result.files.extend(example.name for example in done)
+        result.rows.extend(example.row for example in done)
         if on_batch is not None:
-            on_batch(batch, kind, encoded, reconstructed)
-        result.tokens_per_image, result.token_shape = _count_tokens(source, discrete)
-        result.discrete = discrete
-        result.image_size = tuple(original.shape[-2:])
-        result.num_frames = original.shape[1] if video else None
-        kept = sum(len(chunk) for chunk in originals_kept)
-        if kept < grid_images:
-            first = (lambda x: x[:, 0]) if video else (lambda x: x)
-            originals_kept.append(first(original)[: grid_images - kept])
-            reconstructions_kept.append(first(reconstructed)[: grid_images - kept])
+            on_batch(done, kind, encoded_items, reconstructed_items)
         bar.update(len(batch))
     bar.close()
     result.psnr, result.ssim = metrics.per_image.get("psnr", []), metrics.per_image.get("ssim", [])
@@ -468,9 +473,9 @@ class ReconstructionFiles:
         self.names[example.row] = name
         return name
 
-    def __call__(self, examples, kind, encoded, reconstructed: torch.Tensor) -> None:
-        pixels = (reconstructed.clamp(0, 1) * 255).round().to(torch.uint8)
-        for example, item in zip(examples, pixels):
+    def __call__(self, examples, kind, encoded, reconstructed: list[torch.Tensor]) -> None:
+        for example, item in zip(examples, reconstructed, strict=True):
+            item = (item.clamp(0, 1) * 255).round().to(torch.uint8)
             if item.ndim == 4:  # a clip [T, C, H, W]
                 from .processing.pipeline_video_tokenization import write_video
 
@@ -553,8 +558,7 @@ def run(args: argparse.Namespace) -> dict:
     sinks, outputs = [], {}
     if args.save_tokens:
         tokens = ShardWriter(output_dir / "tokens", split, len(dataset), args.shard_size, model, args.model)
-        sinks.append(lambda examples, kind, encoded, _: tokens.add(
-            torch.tensor([example.row for example in examples]), kind, encoded))
+        sinks.append(lambda examples, kind, encoded, _: tokens.add([e.row for e in examples], kind, encoded))
         outputs["tokens"] = "tokens/data"
     if args.save_reconstructions:
         files = ReconstructionFiles(output_dir / "reconstructions", fps=args.fps)

@@ -10,7 +10,8 @@ column; videos go to the model's video processor as files (decoded with PyAV) an
 (LARP, Emu3: ``[B, T, 3, H, W]``). OUT receives ``data/<split>-<i>-of-<n>.parquet``, one row per source image or
 video: ``row`` (its index in DATA's split) and ``tokens`` (the ids, flattened in the model's token order: ``[N]`` for
 1D tokenizers, ``h*w`` / ``t*h*w`` row-major for grid tokenizers) or, for continuous tokenizers, ``latents``
-(``[N][D]``). The token shape before flattening and the layout (``1d`` / ``grid``) are stored in the parquet metadata;
+(``[N][D]``). The layout (``1d`` / ``grid``) and, for 1D tokenizers, the token shape are in the parquet metadata;
+grid tokenizers (whose grid follows each item's size) add a ``token_shape`` column, each row's grid.
 ``OUT/vistok_tokenize.json`` records the run. ``datasets.load_dataset("parquet", data_dir=OUT)`` reads the result.
 
 Decoding and preprocessing run in DataLoader worker processes (``--num-workers``; by default the CPUs left beside
@@ -62,24 +63,34 @@ def default_num_workers(num_processes: int = 1) -> int:
 
 
 class ProcessorCollate:
-    """Runs the model's processor on a batch of ``(row, item)`` pairs: images -> ``pixel_values`` ``[B, 3, H, W]``,
+    """Runs the model's processor on a batch of ``(row, item)`` pairs: images -> ``pixel_values`` ``[b, 3, H, W]``,
     video cells (paths or ``{"path", "bytes"}`` dicts, decoded with PyAV by the video processor) ->
-    ``pixel_values_videos`` ``[B, T, 3, H, W]``. Returns ``(rows [B] int64, pixel values)``."""
+    ``pixel_values_videos`` ``[b, T, 3, H, W]``.
+
+    Returns a list of ``(rows [b] int64, pixel values)`` groups: items that preprocess to one shape share a group
+    (one group when the processor gives every item one size; processors that keep each item's size, such as
+    Emu3's, may give several)."""
 
     def __init__(self, processor, video: bool, rgb: bool = True):
         self.processor, self.video, self.rgb = processor, video, rgb
 
-    def __call__(self, batch):
+    def __call__(self, batch) -> list[tuple[torch.Tensor, torch.Tensor]]:
         from .media_datasets import video_files
 
-        rows = torch.tensor([row for row, _ in batch], dtype=torch.int64)
+        rows = [row for row, _ in batch]
         items = [item for _, item in batch]
         if self.video:
             with video_files(items) as paths:
-                return rows, self.processor(videos=paths, return_tensors="pt")["pixel_values_videos"]
-        if self.rgb:
-            items = [image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image for image in items]
-        return rows, self.processor(items, return_tensors="pt")["pixel_values"]
+                processed = self.processor(videos=paths)["pixel_values_videos"]
+        else:
+            if self.rgb:
+                items = [image.convert("RGB") if getattr(image, "mode", "RGB") != "RGB" else image for image in items]
+            processed = self.processor(items)["pixel_values"]
+        groups: dict[tuple, list[int]] = {}
+        for index, item in enumerate(processed):
+            groups.setdefault(tuple(item.shape), []).append(index)
+        return [(torch.tensor([rows[i] for i in indices], dtype=torch.int64),
+                 torch.stack([torch.as_tensor(processed[i]) for i in indices])) for indices in groups.values()]
 
 
 def process_state():
@@ -106,22 +117,32 @@ def encode_batch(model, pixel_values: torch.Tensor) -> tuple[str, torch.Tensor]:
     return "latents", encoded.latents
 
 
-def write_shard(path: Path, rows: list[torch.Tensor], values: list[torch.Tensor], kind: str, metadata: dict) -> None:
-    """Writes one parquet shard atomically (temporary file in the same folder, then ``os.replace``)."""
+def write_shard(path: Path, rows: list[int], values: list[torch.Tensor], kind: str, metadata: dict,
+                per_row_shape: bool = False) -> None:
+    """Writes one parquet shard atomically (temporary file in the same folder, then ``os.replace``): ``rows`` and
+    one value per row (ids of any shape, flattened; or latents ``[N, D]``). With ``per_row_shape`` (grid tokenizers,
+    whose grid follows each item's size) ``tokens`` holds lists of any length and a ``token_shape`` column holds each
+    row's grid; otherwise every row has the metadata's ``token_shape``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    values = torch.cat(values)
-    row_ids = torch.cat(rows).numpy()
-    if kind == "tokens":
-        flat = values.reshape(values.shape[0], -1).to(torch.int32).numpy()
-        column = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+    shapes = [list(value.shape) for value in values]
+    columns = {"row": pa.array(rows, type=pa.int64())}
+    if kind == "tokens" and per_row_shape:
+        columns["tokens"] = pa.array([value.reshape(-1).to(torch.int32).numpy() for value in values],
+                                     type=pa.list_(pa.int32()))
+        columns["token_shape"] = pa.array(shapes, type=pa.list_(pa.int32()))
+        metadata = {**metadata, "token_shape": None}
+    elif kind == "tokens":
+        flat = torch.stack(values).reshape(len(values), -1).to(torch.int32).numpy()
+        columns["tokens"] = pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+        metadata = {**metadata, "token_shape": shapes[0]}
     else:
-        latents = values.float().reshape(values.shape[0], -1, values.shape[-1]).numpy()
+        latents = torch.stack(values).float().reshape(len(values), -1, values[0].shape[-1]).numpy()
         inner = pa.FixedSizeListArray.from_arrays(pa.array(latents.reshape(-1)), latents.shape[-1])
-        column = pa.FixedSizeListArray.from_arrays(inner, latents.shape[1])
-    table = pa.table({"row": pa.array(row_ids), kind: column})
-    table = table.replace_schema_metadata({"vistok": json.dumps(metadata)})
+        columns["latents"] = pa.FixedSizeListArray.from_arrays(inner, latents.shape[1])
+        metadata = {**metadata, "token_shape": shapes[0]}
+    table = pa.table(columns).replace_schema_metadata({"vistok": json.dumps(metadata)})
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, temporary)
     os.replace(temporary, path)
@@ -129,9 +150,9 @@ def write_shard(path: Path, rows: list[torch.Tensor], values: list[torch.Tensor]
 
 class ShardWriter:
     """Writes encoded rows into the parquet shards of ``out_dir/data`` (``shard_size`` rows each, named for
-    ``num_rows`` rows in all). Rows must arrive in increasing order; a shard is written (atomically) as soon as a row
-    of a later shard arrives, the rest on ``close()``. Rows that never arrive (skipped files) are absent from their
-    shard.
+    ``num_rows`` rows in all). Batches must arrive in increasing row order (``add`` once per batch); a shard is
+    written (atomically) as soon as a batch starts past it, the rest on ``close()``. Rows that never arrive (skipped
+    files) are absent from their shard.
 
     Args:
         out_dir: the output folder (shards go to ``out_dir/data``).
@@ -158,7 +179,8 @@ class ShardWriter:
         layout = getattr(model, "layout", None)
         self.metadata = {"model": model_id, "split": split, "token_layout": getattr(layout, "tokens", None),
                          "process_index": process_index}
-        self._shard, self._rows, self._values, self._kind = None, [], [], None
+        self._buffer: dict[int, list] = {}
+        self._kind = None
         self.written: list[Path] = []
 
     def prepare(self) -> None:
@@ -171,29 +193,30 @@ class ShardWriter:
             raise ValueError(f"{self.data_dir} holds shards of another run ({sorted(p.name for p in stale)[:3]}...): "
                              f"use the same --shard-size and data, or a new OUT.")
 
-    def add(self, rows: torch.Tensor, kind: str, values: torch.Tensor) -> None:
-        """Adds encoded rows: ``rows`` [B] indices in the split, ``values`` [B, ...] ids (``kind="tokens"``) or
-        latents (``kind="latents"``)."""
-        values = values.detach().cpu()
-        for shard in torch.div(rows, self.shard_size, rounding_mode="floor").unique_consecutive().tolist():
-            if self._shard is not None and shard != self._shard:
-                self._flush()
-            selected = torch.div(rows, self.shard_size, rounding_mode="floor") == shard
-            self._shard, self._kind = shard, kind
-            self._rows.append(rows[selected])
-            self._values.append(values[selected])
-
-    def _flush(self) -> None:
-        if self._shard is None:
+    def add(self, rows, kind: str, values) -> None:
+        """Adds one batch: ``rows`` ([B] indices in the split, all above those of earlier batches, any order within
+        the batch) and their ``values``: a ``[B, ...]`` tensor or a list of per-row tensors, ids
+        (``kind="tokens"``) or latents (``kind="latents"``). Shards before this batch's first one are written."""
+        rows = [int(row) for row in rows]
+        if not rows:
             return
-        metadata = {**self.metadata, "kind": self._kind, "token_shape": list(self._values[0].shape[1:])}
-        write_shard(self.paths[self._shard], self._rows, self._values, self._kind, metadata)
-        self.written.append(self.paths[self._shard])
-        self._shard, self._rows, self._values = None, [], []
+        first = min(rows) // self.shard_size
+        for shard in sorted(shard for shard in self._buffer if shard < first):
+            self._flush(shard)
+        self._kind = kind
+        for row, value in zip(rows, values, strict=True):
+            self._buffer.setdefault(row // self.shard_size, []).append((row, value.detach().cpu()))
+
+    def _flush(self, shard: int) -> None:
+        items = sorted(self._buffer.pop(shard), key=lambda item: item[0])
+        write_shard(self.paths[shard], [row for row, _ in items], [value for _, value in items], self._kind,
+                    {**self.metadata, "kind": self._kind}, per_row_shape=self.metadata["token_layout"] == "grid")
+        self.written.append(self.paths[shard])
 
     def close(self) -> list[Path]:
-        """Writes the last shard; returns the paths written."""
-        self._flush()
+        """Writes the shards still buffered; returns every path written."""
+        for shard in sorted(self._buffer):
+            self._flush(shard)
         return self.written
 
 
@@ -248,10 +271,14 @@ def tokenize_dataset(
         loader = torch.utils.data.DataLoader(
             _RowItems(dataset, column, rows), batch_size=batch_size, collate_fn=collate, num_workers=num_workers,
         )
-        for batch_rows, pixel_values in loader:  # a batch may span two shards: the writer splits it
-            kind, encoded = encode_batch(model, pixel_values.to(state.device, dtype))
-            writer.add(batch_rows, kind, encoded)
-            bar.update(len(batch_rows))
+        for groups in loader:  # a batch may span two shards: the writer splits it
+            rows, values = [], []
+            for group_rows, pixel_values in groups:
+                kind, encoded = encode_batch(model, pixel_values.to(state.device, dtype))
+                rows += group_rows.tolist()
+                values += list(encoded)
+            writer.add(rows, kind, values)
+            bar.update(len(rows))
         written = writer.close()
         bar.close()
     state.wait_for_everyone()

@@ -94,9 +94,13 @@ def test_tokenize_video_folder_and_resume(model_dir, video_dir, tmp_path):
     assert rows == [0, 1, 2]
     for got, (_, want, _) in zip(tokens, expected, strict=True):
         assert got == want.reshape(-1).tolist()
-    metadata = json.loads(pq.read_schema(sorted((out / "data").glob("*.parquet"))[0]).metadata[b"vistok"])
-    assert metadata["token_shape"] == list(expected[0][1].shape)
-    assert metadata["token_layout"] == ("grid" if expected[0][1].ndim == 3 else "1d")
+    first_shard = sorted((out / "data").glob("*.parquet"))[0]
+    metadata = json.loads(pq.read_schema(first_shard).metadata[b"vistok"])
+    if expected[0][1].ndim == 3:  # Emu3's [t, h, w] grid follows each clip's size: one shape per row
+        assert metadata["token_layout"] == "grid" and metadata["token_shape"] is None
+        assert pq.read_table(first_shard)["token_shape"].to_pylist() == [list(e[1].shape) for e in expected[:2]]
+    else:
+        assert metadata["token_layout"] == "1d" and metadata["token_shape"] == list(expected[0][1].shape)
     first = out / "data" / "train-00000-of-00002.parquet"
     kept = first.stat().st_mtime_ns
     (out / "data" / "train-00001-of-00002.parquet").unlink()
@@ -167,3 +171,24 @@ def test_video_data_for_an_image_tokenizer_is_a_clear_error(video_dir, tmp_path,
     folder = saved_tester("titok-vq", tmp_path / "titok")
     assert tokenize_main([str(folder), str(video_dir), str(tmp_path / "out"), "--no-progress"]) == 2
     assert "tokenizes images, but the data holds videos" in capsys.readouterr().err
+
+
+def test_grid_tokens_of_clips_kept_at_their_own_sizes(video_dir, tmp_path):
+    """Emu3's processor keeps each clip's aspect (smart resize): one batch holds clips of several sizes, encoded in
+    groups of one size; rows keep their own token grid, recorded in a `token_shape` column."""
+    from vistok import Emu3VideoProcessor
+
+    folder = tmp_path / "emu3"
+    TESTERS["emu3-video"].make_model().save_pretrained(folder)
+    Emu3VideoProcessor(spatial_factor=2, min_pixels=16 * 16, max_pixels=48 * 48, do_sample_frames=True,
+                       num_frames=8).save_pretrained(folder)
+    out = tmp_path / "out"
+    assert tokenize_main([str(folder), str(video_dir), str(out), "--batch-size", "3", "--shard-size", "2",
+                          "--no-progress"]) == 0
+    expected = [want for _, want, _ in direct(folder, video_dir)[2]]
+    assert len({tuple(want.shape) for want in expected}) > 1, "the clips should give token grids of several sizes"
+    table = pq.read_table(out / "data" / "train-00000-of-00002.parquet").to_pydict()
+    table1 = pq.read_table(out / "data" / "train-00001-of-00002.parquet").to_pydict()
+    assert table["row"] + table1["row"] == [0, 1, 2]
+    assert table["tokens"] + table1["tokens"] == [want.reshape(-1).tolist() for want in expected]
+    assert table["token_shape"] + table1["token_shape"] == [list(want.shape) for want in expected]
