@@ -2,7 +2,10 @@
 over the whole set.
 
 LPIPS and rFID need feature networks (AlexNet/VGG for LPIPS, InceptionV3 for FID) whose weights torchmetrics (and
-torch-fidelity, for FID) fetch on first use. ``ReconstructionMetrics`` accepts replacements (``lpips_net``,
+torch-fidelity, for FID) fetch on first use: torchmetrics' wheel ships only LPIPS' linear heads; the AlexNet ImageNet
+weights come from torchvision's download URL (``alexnet-owt-7be5be79.pth``) and the FID InceptionV3 from
+torch-fidelity's GitHub release (``weights-inception-2015-12-05-6726825d.pth``), both cached in
+``$TORCH_HOME/hub/checkpoints/`` (no PyPI wheel ships them; see the README). ``ReconstructionMetrics`` accepts replacements (``lpips_net``,
 ``fid_features``), so tests and offline users can inject small local networks.
 """
 
