@@ -161,7 +161,7 @@ class ShardWriter:
         shard_size: rows per shard.
         model: the tokenizer (its ``layout.tokens`` is recorded); model_id: its name, recorded.
         process_index: the writing process, recorded.
-        prepare: check the folder first (``prepare_shards``): only the main process of a multi-process run does.
+        prepare: check the folder first (``prepare()``); in a multi-process run only the main process does.
     """
 
     def __init__(self, out_dir, split: str, num_rows: int, shard_size: int, model=None, model_id: str | None = None,
