@@ -119,7 +119,8 @@ def load_media_dataset(
         streaming: stream a Hub dataset instead of downloading it whole (useful with `max_items`).
 
     Returns: `(dataset, column, split, kind)`; `kind` is ``"image"`` or ``"video"``. Video columns are cast to
-    `Video(decode=False)`: their cells are `{"path", "bytes"}` dicts (see `video_files`).
+    `Video(decode=False)`: their cells are `{"path", "bytes"}` dicts (see `video_files`). With a `datasets` that
+    has no `Video` feature (< 3.2), a video folder becomes a `video` column of file paths.
     """
     import datasets
 
@@ -139,6 +140,8 @@ def load_media_dataset(
     else:
         path, kwargs = data, {}
 
+    if path == "videofolder" and getattr(datasets, "Video", None) is None:  # datasets < 3.2: a column of paths
+        return _video_paths_dataset(expanded, split, max_items)
     loaded = datasets.load_dataset(path, split=split, streaming=streaming, **kwargs)
     if split is None:
         names = list(loaded.keys())
@@ -152,6 +155,16 @@ def load_media_dataset(
     if not streaming and len(loaded) == 0:
         raise ValueError(f"split {split!r} of {data!r} has no rows.")
     return loaded, column, split, kind
+
+
+def _video_paths_dataset(folder: str, split: str | None, max_items: int | None):
+    """The video files under `folder` (sorted) as a `video` column of paths, for `datasets` without `Video`."""
+    import datasets
+
+    paths = sorted(os.path.join(root, name) for root, _, files in os.walk(folder) for name in files
+                   if os.path.splitext(name)[1].lower() in VIDEO_EXTENSIONS)
+    dataset = datasets.Dataset.from_dict({"video": paths[:max_items]})
+    return dataset, "video", split or "train", VIDEO
 
 
 def load_image_dataset(

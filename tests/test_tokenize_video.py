@@ -192,3 +192,17 @@ def test_grid_tokens_of_clips_kept_at_their_own_sizes(video_dir, tmp_path):
     assert table["row"] + table1["row"] == [0, 1, 2]
     assert table["tokens"] + table1["tokens"] == [want.reshape(-1).tolist() for want in expected]
     assert table["token_shape"] + table1["token_shape"] == [list(want.shape) for want in expected]
+
+
+def test_video_folder_without_datasets_video_feature(video_dir, monkeypatch):
+    """datasets < 3.2 has no Video feature: a video folder is read as a column of file paths, in file order."""
+    import datasets
+
+    from vistok.media_datasets import iter_examples, load_media_dataset
+
+    monkeypatch.delattr(datasets, "Video")
+    dataset, column, split, kind = load_media_dataset(str(video_dir), max_items=2)
+    assert (column, split, kind) == ("video", "train", "video")
+    examples = list(iter_examples(dataset, column, kind))
+    assert [(e.row, e.name, e.value) for e in examples] == [
+        (index, f"clip_{index}.mp4", str(video_dir / f"clip_{index}.mp4")) for index in range(2)]
