@@ -1,31 +1,36 @@
 """Reconstruction quality of vistok tokenizers: PSNR / SSIM in torch and the ``vistok-eval`` command.
 
 ```
-vistok-eval MODEL DATA [--output-dir DIR] [--batch-size N] [--max-images N] [--split SPLIT]
-            [--decode-kwargs JSON] [--seed S] [--num-tokens K] [--image-column COL] [--streaming]
-            [--grid-images N] [--device DEV] [--dtype DTYPE] [--no-progress]
+vistok-eval MODEL DATA [--output-dir DIR] [--save-tokens] [--save-reconstructions] [--batch-size N]
+            [--max-images N] [--split SPLIT] [--decode-kwargs JSON] [--seed S] [--num-tokens K] [--column COL]
+            [--metrics psnr,ssim,lpips,rfid] [--streaming] [--grid-images N] [--device DEV] [--dtype DTYPE]
 ```
 
-MODEL is a local directory or Hub id that ``AutoModel`` and ``AutoImageProcessor`` load (any vistok tokenizer).
-DATA is a local image folder (read with ``datasets``' ``imagefolder``) or a Hub dataset id. Every image goes through
-the model's image processor, ``model.encode`` and ``model.decode`` (token ids for discrete tokenizers, latents
-otherwise); original and reconstruction are mapped back to [0, 1] RGB by the processor's ``postprocess`` and
-compared there. The command writes ``DIR/report.json``, ``DIR/report.md`` and ``DIR/grid.png`` (originals above
-their reconstructions) and prints a short summary table.
+MODEL is a local directory, a Hub id or a released variant name (converted once from its original Hub release) of
+any vistok tokenizer. DATA is a local image or video folder (``datasets``' ``imagefolder`` / ``videofolder``) or a
+Hub dataset id with an ``Image`` or ``Video`` column. Every item goes through the model's image (or video)
+processor, ``model.encode`` and ``model.decode`` (token ids for discrete tokenizers, latents otherwise); original and
+reconstruction are mapped back to [0, 1] RGB by the processor's ``postprocess`` and compared there. The command
+writes ``DIR/report.json``, ``DIR/report.md`` and ``DIR/grid.png`` (originals above their reconstructions), prints a
+short summary table, and with
+
+* ``--save-tokens``: ``DIR/tokens/``, the parquet dataset ``vistok-tokenize`` writes (same ``ShardWriter``; the
+  tokens come from the same encode call that the metrics use, nothing is encoded twice);
+* ``--save-reconstructions``: ``DIR/reconstructions/<file name>.png`` per image, ``.mp4`` per video.
 
 From Python:
 
 ```python
->>> from vistok.evaluation import evaluate_reconstruction, load_image_dataset, psnr, ssim
->>> dataset, column, split = load_image_dataset("path/to/images", max_images=100)
->>> result = evaluate_reconstruction(model, image_processor, iter_images(dataset, column), batch_size=16)
+>>> from vistok.evaluation import evaluate_reconstruction
+>>> from vistok.media_datasets import iter_examples, load_media_dataset
+>>> dataset, column, split, kind = load_media_dataset("path/to/images", max_items=100)
+>>> result = evaluate_reconstruction(model, processor, iter_examples(dataset, column, kind), batch_size=16)
 >>> result.mean_psnr, result.mean_ssim
 ```
 """
 
 import argparse
 import inspect
-import io
 import json
 import logging
 import math
@@ -40,6 +45,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .media_datasets import Example, find_image_column, iter_images, load_image_dataset  # noqa: F401  (public here)
 from .metrics import DESCRIPTIONS
 
 
@@ -118,135 +124,21 @@ def ssim(
     return ssim_map[..., pad:-pad, pad:-pad].flatten(2).mean(dim=2).mean(dim=1)
 
 
-# -------------------------------------------------------------------------------------------------------------- data
-
-
-def _looks_like_path(data: str) -> bool:
-    return data.startswith(("/", "./", "../", "~", ".\\")) or "\\" in data or data.count("/") > 1 or data in (".", "..")
-
-
-def _has_image_file(folder: str) -> bool:
-    extensions = {ext.lower() for ext in Image.registered_extensions()}
-    for _, _, files in os.walk(folder):
-        if any(os.path.splitext(name)[1].lower() in extensions for name in files):
-            return True
-    return False
-
-
-def find_image_column(features, image_column: str | None = None) -> str:
-    """Name of the column holding images (`datasets.Image` feature); `image_column` checks a user's choice."""
-    import datasets
-
-    if features is None:
-        if image_column is not None:
-            return image_column
-        raise ValueError("the dataset does not declare its features, so the image column is unknown; pass it with "
-                         "--image-column.")
-    image_columns = [name for name, feature in features.items() if isinstance(feature, datasets.Image)]
-    if image_column is not None:
-        if image_column not in features:
-            raise ValueError(f"image column {image_column!r} not found; the dataset has columns {list(features)}.")
-        return image_column
-    if not image_columns:
-        found = {name: type(feature).__name__ for name, feature in features.items()}
-        raise ValueError(f"the dataset has no image column (a `datasets.Image` feature); got columns {found}.")
-    return image_columns[0]
-
-
-def load_image_dataset(
-    data: str,
-    split: str | None = None,
-    max_images: int | None = None,
-    image_column: str | None = None,
-    streaming: bool = False,
-):
-    """Loads an image folder or a Hub dataset and finds its image column.
-
-    Args:
-        data: a local folder (loaded with `load_dataset("imagefolder", data_dir=data)`, sub-folders become labels or
-            splits as `datasets` defines) or a Hub dataset id (`load_dataset(data, split=split)`).
-        split: the split to read; default: `validation`, else `test`, else `train`, else the first split.
-        max_images: keep only the first `max_images` rows.
-        image_column: the column to read; default: the first column whose feature is `datasets.Image`.
-        streaming: stream a Hub dataset instead of downloading it whole (useful with `max_images`).
-
-    Returns: `(dataset, image_column, split)`; the dataset is a `datasets.Dataset` (or `IterableDataset` when
-    streaming).
-    """
-    import datasets
-
-    if max_images is not None and max_images < 1:
-        raise ValueError(f"max_images must be a positive integer, got {max_images}.")
-    expanded = os.path.expanduser(data)
-    if os.path.isdir(expanded):
-        if not _has_image_file(expanded):
-            raise ValueError(f"no image files found in folder {data!r} (or its sub-folders).")
-        path, kwargs = "imagefolder", {"data_dir": expanded}
-    elif os.path.exists(expanded):
-        raise ValueError(f"DATA must be an image folder or a Hub dataset id, got the file {data!r}.")
-    elif _looks_like_path(data):
-        raise ValueError(f"image folder {data!r} does not exist.")
-    else:
-        path, kwargs = data, {}
-
-    loaded = datasets.load_dataset(path, split=split, streaming=streaming, **kwargs)
-    if split is None:
-        names = list(loaded.keys())
-        split = next((name for name in ("validation", "test", "train") if name in names), names[0])
-        loaded = loaded[split]
-    column = find_image_column(loaded.features, image_column)
-    if max_images is not None:
-        loaded = loaded.take(max_images) if streaming else loaded.select(range(min(max_images, len(loaded))))
-    if not streaming and len(loaded) == 0:
-        raise ValueError(f"split {split!r} of {data!r} has no rows.")
-    return loaded, column, split
-
-
-def iter_images(dataset, column: str, skip_corrupt: bool = False, skipped: list | None = None):
-    """Yields the PIL images of `dataset[column]`, decoding each file here so an unreadable one is named: a
-    ValueError with its path, or (`skip_corrupt`) a warning, its name appended to `skipped`, and the next image."""
-    import datasets
-
-    features = getattr(dataset, "features", None)
-    if features is not None and isinstance(features.get(column), datasets.Image):
-        dataset = dataset.cast_column(column, datasets.Image(decode=False))
-    for index, row in enumerate(dataset):
-        value = row[column]
-        if not isinstance(value, dict):
-            yield value
-            continue
-        name = value.get("path") or f"row {index}"
-        try:
-            image = Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
-            image.load()
-        except Exception as error:  # PIL.UnidentifiedImageError, OSError on truncated files, ...
-            if not skip_corrupt:
-                raise ValueError(
-                    f"could not read image {name} (row {index}): {error}. Fix or remove the file, or pass "
-                    "--skip-corrupt to skip unreadable images."
-                ) from None
-            logger.warning("skipping unreadable image %s (row %d): %s", name, index, error)
-            if skipped is not None:
-                skipped.append(name)
-            continue
-        image.filename = value.get("path") or ""
-        yield image
-
-
 # -------------------------------------------------------------------------------------------------------- evaluation
 
 
 def to_unit_range(image_processor, images: torch.Tensor) -> torch.Tensor:
-    """Model-range images `[B, C, H, W]` -> float `[B, C, H, W]` in [0, 1] (clamped), through the processor's
-    `postprocess(..., output_type="pt")`, or by inverting its rescale/normalise settings when its `postprocess` has
-    another signature (transformers' own processors)."""
+    """Model-range images `[B, C, H, W]` (or clips `[B, T, C, H, W]`) -> float tensor of the same shape in [0, 1]
+    (clamped), through the processor's `postprocess(..., output_type="pt")`, or by inverting its rescale/normalise
+    settings when its `postprocess` has another signature (transformers' own processors)."""
     postprocess = getattr(image_processor, "postprocess", None)
     if postprocess is not None and "output_type" in inspect.signature(postprocess).parameters:
         return postprocess(images, output_type="pt")
     images = images.detach().float().cpu()
+    channels = (1,) * (images.ndim - 4) + (-1, 1, 1)
     if getattr(image_processor, "do_normalize", False):
-        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(1, -1, 1, 1)
-        std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(1, -1, 1, 1)
+        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32).view(1, *channels)
+        std = torch.tensor(image_processor.image_std, dtype=torch.float32).view(1, *channels)
         images = images * std + mean
     if getattr(image_processor, "do_rescale", False):
         images = images * (image_processor.rescale_factor * 255.0)
@@ -272,21 +164,24 @@ def _accepts_keyword(function, name: str) -> bool:
 
 @dataclass
 class ReconstructionResult:
-    """Per-image metrics of one evaluation run.
+    """Per-item metrics of one evaluation run (an item is an image or a video).
 
-    psnr / ssim: one value per image (dB / unitless), in dataset order. files: the image's file name when known.
-    tokens_per_image: tokens the decoder consumed per image; token_shape: their layout without the batch dimension.
-    discrete: whether token ids were decoded. image_size: `(H, W)` of the compared images.
-    grid_originals / grid_reconstructions: `[K, C, H, W]` in [0, 1], the first K images, for `make_grid`.
+    psnr / ssim: one value per item (dB / unitless), in dataset order. files: the item's file name when known; rows:
+    its index in the dataset. tokens_per_image: tokens the decoder consumed per item; token_shape: their layout
+    without the batch dimension. discrete: whether token ids were decoded. image_size: `(H, W)` of the compared
+    images or frames; num_frames: frames per clip (None for images).
+    grid_originals / grid_reconstructions: `[K, C, H, W]` in [0, 1], the first K images (first frames of clips).
     """
 
     psnr: list[float] = field(default_factory=list)
     ssim: list[float] = field(default_factory=list)
     files: list[str | None] = field(default_factory=list)
+    rows: list[int] = field(default_factory=list)
     tokens_per_image: int | None = None
     token_shape: list[int] | None = None
     discrete: bool | None = None
     image_size: tuple[int, int] | None = None
+    num_frames: int | None = None
     grid_originals: torch.Tensor | None = None
     grid_reconstructions: torch.Tensor | None = None
     lpips: list[float] = field(default_factory=list)
@@ -316,6 +211,16 @@ def _batches(images: Iterable, batch_size: int):
         yield batch
 
 
+def _as_examples(items: Iterable):
+    """`Example`s as they are; bare images or video paths become `Example(position, file name, item)`."""
+    for position, item in enumerate(items):
+        if isinstance(item, Example):
+            yield item
+        else:
+            name = os.path.basename(getattr(item, "filename", "") or (item if isinstance(item, str) else "")) or None
+            yield Example(position, name, item)
+
+
 @torch.inference_mode()
 def evaluate_reconstruction(
     model,
@@ -329,25 +234,38 @@ def evaluate_reconstruction(
     total: int | None = None,
     progress: bool = True,
     metrics=None,
+    video: bool = False,
+    on_batch=None,
 ) -> ReconstructionResult:
-    """Encodes and decodes `images` with `model` and measures PSNR and SSIM in [0, 1] RGB.
+    """Encodes and decodes `images` (or videos) with `model` and measures PSNR and SSIM in [0, 1] RGB.
 
     Args:
         model: a vistok tokenizer (`encode`/`decode`), in eval mode, on the device to run on.
-        image_processor: the model's image processor (`preprocess` into the model range, `postprocess` back).
-        images: PIL images (any size and mode; the processor resizes and crops them).
-        batch_size: images per `encode`/`decode` call.
+        image_processor: the model's image processor, or its video processor with `video=True` (`preprocess` into
+            the model range, `postprocess` back).
+        images: PIL images (any size and mode; the processor resizes and crops them), with `video=True` video files
+            (paths or `{"path", "bytes"}` cells), or `vistok.media_datasets.Example`s holding either.
+        batch_size: items per `encode`/`decode` call.
         decode_kwargs: extra arguments of `model.decode` (e.g. `{"num_steps": 25}` for FlexTok). When the model's
             decoder takes a `generator` and none is given, one seeded with `seed` is passed, so stochastic decoders
-            give the same result on every run with the same batch size.
+            give the same result on every run with the same batch size. Video tokenizers whose decoder takes
+            `num_frames` (LARP) get the clip length.
         seed: seeds `torch` and that generator.
-        num_tokens: decode only the first `num_tokens` tokens of each image (variable-length 1D tokenizers).
-        grid_images: how many leading images to keep for the comparison grid.
-        total: number of images, for the progress bar.
+        num_tokens: decode only the first `num_tokens` tokens of each item (variable-length 1D tokenizers).
+        grid_images: how many leading images (first frames of clips) to keep for the comparison grid.
+        total: number of items, for the progress bar.
         progress: show a progress bar.
         metrics: a `vistok.metrics.ReconstructionMetrics` (default: PSNR and SSIM); LPIPS and rFID when it has them.
+            A clip's PSNR uses the MSE over all its frames; SSIM and LPIPS are averaged over its frames.
+        video: the items are videos (`[B, T, 3, H, W]` after the video processor).
+        on_batch: called once per batch as `on_batch(examples, kind, encoded, reconstructed)`: the batch's
+            `Example`s, `"tokens"` or `"latents"`, per example what `encode` gave (before `num_tokens`) and its
+            reconstruction in [0, 1] (`[C, H, W]` or `[T, C, H, W]`, on the CPU). `vistok-eval` saves tokens and
+            reconstruction files through it. Items that the processor gives different sizes (Emu3) are encoded in
+            groups of one size; results follow that order.
     """
     from .metrics import ReconstructionMetrics
+    from .tokenize_dataset import ProcessorCollate, encode_batch
 
     metrics = metrics if metrics is not None else ReconstructionMetrics(("psnr", "ssim"))
     if batch_size < 1:
@@ -364,39 +282,48 @@ def evaluate_reconstruction(
         decode_kwargs["generator"] = torch.Generator(device=device).manual_seed(seed)
     layout = getattr(model, "layout", None)
     rgb = (layout.num_channels if layout is not None else getattr(model.config, "num_channels", 3)) == 3
+    collate = ProcessorCollate(image_processor, video, rgb=rgb)
 
     result = ReconstructionResult()
     originals_kept, reconstructions_kept = [], []
-    bar = tqdm(total=total, unit="img", desc="vistok-eval", disable=not progress)
-    for batch in _batches(images, batch_size):
-        result.files.extend(os.path.basename(getattr(image, "filename", "") or "") or None for image in batch)
-        if rgb:
-            batch = [image.convert("RGB") if isinstance(image, Image.Image) and image.mode != "RGB" else image
-                     for image in batch]
-        pixel_values = image_processor(batch, return_tensors="pt")["pixel_values"]
-        encoded = model.encode(pixel_values.to(device=device, dtype=dtype))
-        discrete = encoded.tokens is not None
-        source = encoded.tokens if discrete else encoded.latents
-        if num_tokens is not None:
-            if source.ndim > 3 or (discrete and source.ndim != 2):
-                raise ValueError(f"--num-tokens keeps a prefix of 1D token sequences, but this model's tokens have "
-                                 f"shape {tuple(source.shape)}.")
-            source = source[:, :num_tokens]
-        reconstruction = model.decode(source, **decode_kwargs).reconstruction
-        original = to_unit_range(image_processor, pixel_values)
-        reconstructed = to_unit_range(image_processor, reconstruction.float())
-        if reconstructed.shape != original.shape:
-            raise ValueError(f"the reconstruction has shape {tuple(reconstructed.shape)} but the input has "
-                             f"{tuple(original.shape)}.")
-
-        metrics.update(reconstructed, original)
-        result.tokens_per_image, result.token_shape = _count_tokens(source, discrete)
-        result.discrete = discrete
-        result.image_size = tuple(original.shape[-2:])
-        kept = sum(len(chunk) for chunk in originals_kept)
-        if kept < grid_images:
-            originals_kept.append(original[: grid_images - kept])
-            reconstructions_kept.append(reconstructed[: grid_images - kept])
+    bar = tqdm(total=total, unit="video" if video else "img", desc="vistok-eval", disable=not progress)
+    for batch in _batches(_as_examples(images), batch_size):
+        by_row = {example.row: example for example in batch}
+        done, encoded_items, reconstructed_items = [], [], []
+        for rows, pixel_values in collate([(example.row, example.value) for example in batch]):
+            kind, encoded = encode_batch(model, pixel_values.to(device=device, dtype=dtype))
+            discrete, source = kind == "tokens", encoded
+            if num_tokens is not None:
+                if source.ndim > 3 or (discrete and source.ndim != 2):
+                    raise ValueError(f"--num-tokens keeps a prefix of 1D token sequences, but this model's tokens "
+                                     f"have shape {tuple(source.shape)}.")
+                source = source[:, :num_tokens]
+            group_kwargs = dict(decode_kwargs)
+            if video and getattr(model, "decode_takes_num_frames", False):
+                group_kwargs.setdefault("num_frames", pixel_values.shape[1])
+            reconstruction = model.decode(source, **group_kwargs).reconstruction
+            original = to_unit_range(image_processor, pixel_values)
+            reconstructed = to_unit_range(image_processor, reconstruction.float())
+            if reconstructed.shape != original.shape:
+                raise ValueError(f"the reconstruction has shape {tuple(reconstructed.shape)} but the input has "
+                                 f"{tuple(original.shape)}.")
+            metrics.update(reconstructed, original)
+            done += [by_row[row] for row in rows.tolist()]
+            encoded_items += list(encoded)
+            reconstructed_items += list(reconstructed)
+            result.tokens_per_image, result.token_shape = _count_tokens(source, discrete)
+            result.discrete = discrete
+            result.image_size = tuple(original.shape[-2:])
+            result.num_frames = original.shape[1] if video else None
+            kept = sum(len(chunk) for chunk in originals_kept)
+            if kept < grid_images and (not originals_kept or originals_kept[0].shape[-2:] == original.shape[-2:]):
+                first = (lambda x: x[:, 0]) if video else (lambda x: x)
+                originals_kept.append(first(original)[: grid_images - kept])
+                reconstructions_kept.append(first(reconstructed)[: grid_images - kept])
+        result.files.extend(example.name for example in done)
+        result.rows.extend(example.row for example in done)
+        if on_batch is not None:
+            on_batch(done, kind, encoded_items, reconstructed_items)
         bar.update(len(batch))
     bar.close()
     result.psnr, result.ssim = metrics.per_image.get("psnr", []), metrics.per_image.get("ssim", [])
@@ -439,6 +366,7 @@ def build_report(result: ReconstructionResult, model_id: str, model=None, **extr
         **extra,
         "num_images": result.num_images,
         "image_size": list(result.image_size),
+        **({"num_frames": result.num_frames} if result.num_frames is not None else {}),
         "tokens_per_image": result.tokens_per_image,
         "token_shape": result.token_shape,
         "discrete": result.discrete,
@@ -448,8 +376,9 @@ def build_report(result: ReconstructionResult, model_id: str, model=None, **extr
         "mean_ssim": result.mean_ssim,
         "metrics": {"psnr": DESCRIPTIONS["psnr"], "ssim": DESCRIPTIONS["ssim"]},
         "images": [
-            {"index": index, "file": file, "psnr": _json_float(p), "ssim": s}
-            for index, (file, p, s) in enumerate(zip(result.files, result.psnr, result.ssim))
+            {"index": index, "row": row, "file": file, "psnr": _json_float(p), "ssim": s}
+            for index, (row, file, p, s) in enumerate(
+                zip(result.rows or range(result.num_images), result.files, result.psnr, result.ssim))
         ],
     }
     if result.lpips:
@@ -500,6 +429,9 @@ def format_markdown(report: dict, grid_file: str | None = "grid.png") -> str:
     extra = [f"{name}: {_fmt(report[key], 4)} ({report['metrics'][metric]})" for name, key, metric in
              (("LPIPS (mean)", "mean_lpips", "lpips"), ("rFID", "rfid", "rfid")) if key in report]
     lines += [*extra, ""] if extra else []
+    outputs = report.get("outputs") or {}
+    if outputs:
+        lines += [", ".join(f"{name}: `{path}`" for name, path in outputs.items()), ""]
     if grid_file:
         lines += ["Originals (top) and reconstructions (bottom):", "", f"![originals and reconstructions]({grid_file})",
                   ""]
@@ -521,6 +453,39 @@ def write_report(report: dict, output_dir, grid: Image.Image | None = None) -> P
     return output_dir
 
 
+class ReconstructionFiles:
+    """An ``on_batch`` sink of `evaluate_reconstruction` that writes every reconstruction into `folder`: an 8-bit PNG
+    per image (the values of the processor's ``postprocess``: [0, 1] scaled by 255 and rounded) or an H.264 mp4 per
+    clip (PyAV, `fps` frames per second). A file is named after its source file (``cat.jpg`` -> ``cat.png``), or
+    after its row index when the name is unknown; a name already used gets ``-<row>`` appended. `names` maps each row
+    to its file name."""
+
+    def __init__(self, folder, fps: float = 8.0):
+        self.folder, self.fps = Path(folder), fps
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.names: dict[int, str] = {}
+
+    def _name(self, example, suffix: str) -> str:
+        stem = os.path.splitext(example.name)[0] if example.name else f"{example.row:06d}"
+        name = f"{stem}{suffix}"
+        if name in self.names.values():
+            name = f"{stem}-{example.row}{suffix}"
+        self.names[example.row] = name
+        return name
+
+    def __call__(self, examples, kind, encoded, reconstructed: list[torch.Tensor]) -> None:
+        for example, item in zip(examples, reconstructed, strict=True):
+            item = (item.clamp(0, 1) * 255).round().to(torch.uint8)
+            if item.ndim == 4:  # a clip [T, C, H, W]
+                from .processing.pipeline_video_tokenization import write_video
+
+                write_video(item.permute(0, 2, 3, 1).numpy(), self.folder / self._name(example, ".mp4"), fps=self.fps)
+                continue
+            array = item.permute(1, 2, 0).numpy()
+            Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(
+                self.folder / self._name(example, ".png"))
+
+
 # --------------------------------------------------------------------------------------------------------------- CLI
 
 
@@ -537,16 +502,25 @@ def _json_object(text: str) -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vistok-eval",
-        description="Reconstruction PSNR/SSIM of a vistok tokenizer on an image folder or a Hub dataset.",
+        description="Reconstruction PSNR/SSIM of a vistok tokenizer on an image or video folder or a Hub dataset; "
+        "optionally also the tokens (the parquet dataset of vistok-tokenize) and every reconstruction as a file.",
     )
     parser.add_argument("model", help="model directory or Hub id (loaded with AutoModel + AutoImageProcessor), or a "
                         "released variant name (e.g. titok-l32), converted once from its original Hub release")
-    parser.add_argument("data", help="image folder (datasets' imagefolder) or Hub dataset id")
-    parser.add_argument("--output-dir", default="vistok-eval", help="where report.json, report.md, grid.png go (default: vistok-eval)")
+    parser.add_argument("data", help="image or video folder (datasets' imagefolder / videofolder) or Hub dataset id")
+    parser.add_argument("--output-dir", default="vistok-eval",
+                        help="where report.json, report.md, grid.png (and tokens/, reconstructions/) go")
+    parser.add_argument("--save-tokens", action="store_true",
+                        help="also write OUTPUT_DIR/tokens: the parquet shards vistok-tokenize writes")
+    parser.add_argument("--save-reconstructions", action="store_true",
+                        help="also write every reconstruction: OUTPUT_DIR/reconstructions/<file name>.png (.mp4 for videos)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="rows per parquet shard of --save-tokens")
+    parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the reconstructed mp4 files")
     parser.add_argument("--batch-size", type=int, default=16, help="images per encode/decode call (default: 16)")
     parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
     parser.add_argument("--split", default=None, help="dataset split (default: validation, else test, else train)")
-    parser.add_argument("--image-column", default=None, help="image column (default: the first Image feature)")
+    parser.add_argument("--image-column", "--column", default=None,
+                        help="image or video column (default: the first Image or Video feature)")
     parser.add_argument("--streaming", action="store_true", help="stream the Hub dataset (with --max-images)")
     parser.add_argument("--decode-kwargs", default=None, type=_json_object, metavar="JSON",
                         help='extra model.decode arguments, e.g. \'{"num_steps": 25, "guidance_scale": 7.5}\'')
@@ -566,41 +540,57 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> dict:
-    """Runs an evaluation for parsed CLI arguments; writes the report files and returns the report."""
-    from transformers import AutoImageProcessor, AutoModel
-
-    from .conversion.__main__ import resolve_model
+    """Runs an evaluation for parsed CLI arguments; writes the report files (and tokens / reconstruction files when
+    asked) and returns the report."""
+    from .media_datasets import iter_examples, load_media_dataset
     from .metrics import ReconstructionMetrics
+    from .tokenize_dataset import ShardWriter, load_tokenizer, write_info
 
-    dataset, column, split = load_image_dataset(args.data, args.split, args.max_images, args.image_column,
-                                                args.streaming)
+    dataset, column, split, kind = load_media_dataset(args.data, args.split, args.max_images, args.image_column,
+                                                      args.streaming)
+    if args.save_tokens and args.streaming:
+        raise ValueError("--save-tokens names its shards by the row count, which a streamed dataset does not know; "
+                         "drop --streaming (with --max-images only those rows are downloaded).")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    model_path = resolve_model(args.model)  # a released variant name is converted from its Hub release first
-    model = AutoModel.from_pretrained(model_path, dtype=dtype).to(device).eval()
-    image_processor = AutoImageProcessor.from_pretrained(model_path)
-    if not hasattr(model, "encode") or not hasattr(model, "decode"):
-        raise ValueError(f"{args.model!r} loads as {type(model).__name__}, which is not a tokenizer with "
-                         "encode/decode.")
+    # a released variant name is converted from its Hub release first
+    model, processor, _ = load_tokenizer(args.model, kind, args.dtype, device)
+    output_dir = Path(args.output_dir)
+    sinks, outputs = [], {}
+    if args.save_tokens:
+        tokens = ShardWriter(output_dir / "tokens", split, len(dataset), args.shard_size, model, args.model)
+        sinks.append(lambda examples, kind, encoded, _: tokens.add([e.row for e in examples], kind, encoded))
+        outputs["tokens"] = "tokens/data"
+    if args.save_reconstructions:
+        files = ReconstructionFiles(output_dir / "reconstructions", fps=args.fps)
+        sinks.append(files)
+        outputs["reconstructions"] = "reconstructions/"
 
     start = time.perf_counter()
     total = None if args.streaming else len(dataset)
     skipped = []
-    images = iter_images(dataset, column, skip_corrupt=args.skip_corrupt, skipped=skipped)
+    examples = iter_examples(dataset, column, kind, skip_corrupt=args.skip_corrupt, skipped=skipped)
     result = evaluate_reconstruction(
-        model, image_processor, images, batch_size=args.batch_size,
+        model, processor, examples, batch_size=args.batch_size,
         decode_kwargs=args.decode_kwargs, seed=args.seed, num_tokens=args.num_tokens, grid_images=args.grid_images,
         total=total, progress=not args.no_progress, metrics=ReconstructionMetrics(args.metrics, device=device),
+        video=kind == "video", on_batch=(lambda *batch: [sink(*batch) for sink in sinks]) if sinks else None,
     )
+    if args.save_tokens:
+        num_shards = len(tokens.close())
+        write_info(output_dir / "tokens", model=args.model, data=args.data, split=split, num_rows=len(dataset),
+                   num_shards=num_shards, shard_size=args.shard_size)
     report = build_report(
         result, args.model, model, data=args.data, split=split, decode_kwargs=args.decode_kwargs or {}, seed=args.seed,
         device=str(device), dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-        seconds=round(time.perf_counter() - start, 3), skipped_files=skipped,
+        seconds=round(time.perf_counter() - start, 3), skipped_files=skipped, outputs=outputs,
     )
+    if args.save_reconstructions:
+        for item in report["images"]:
+            item["reconstruction"] = f"reconstructions/{files.names[item['row']]}"
     grid = None
     if result.grid_originals is not None:
         grid = make_grid(result.grid_originals, result.grid_reconstructions)
-    write_report(report, args.output_dir, grid)
+    write_report(report, output_dir, grid)
     return report
 
 
@@ -614,11 +604,13 @@ def main(argv=None) -> int:
         return 2
     print(format_table(report))
     written = ["report.json", "report.md"] + (["grid.png"] if (Path(args.output_dir) / "grid.png").exists() else [])
+    written += [path.rstrip("/") + "/" for path in report.get("outputs", {}).values()]
     print(f"wrote {', '.join(written)} to {args.output_dir}")
     return 0
 
 
 __all__ = [
+    "ReconstructionFiles",
     "ReconstructionResult",
     "build_report",
     "evaluate_reconstruction",

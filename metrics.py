@@ -2,7 +2,10 @@
 over the whole set.
 
 LPIPS and rFID need feature networks (AlexNet/VGG for LPIPS, InceptionV3 for FID) whose weights torchmetrics (and
-torch-fidelity, for FID) fetch on first use. ``ReconstructionMetrics`` accepts replacements (``lpips_net``,
+torch-fidelity, for FID) fetch on first use: torchmetrics' wheel ships only LPIPS' linear heads; the AlexNet ImageNet
+weights come from torchvision's download URL (``alexnet-owt-7be5be79.pth``) and the FID InceptionV3 from
+torch-fidelity's GitHub release (``weights-inception-2015-12-05-6726825d.pth``), both cached in
+``$TORCH_HOME/hub/checkpoints/`` (no PyPI wheel ships them; see the README). ``ReconstructionMetrics`` accepts replacements (``lpips_net``,
 ``fid_features``), so tests and offline users can inject small local networks.
 """
 
@@ -54,17 +57,26 @@ class ReconstructionMetrics:
 
     @torch.no_grad()
     def update(self, reconstructed: torch.Tensor, original: torch.Tensor) -> None:
+        """Adds a batch: images ``[B, C, H, W]`` or clips ``[B, T, C, H, W]`` in ``[0, 1]``. A clip's PSNR comes from
+        the MSE over all its frames; its SSIM and LPIPS are the means over its frames; rFID sees every frame."""
         from .evaluation import psnr, ssim
 
-        if "psnr" in self.per_image:
-            self.per_image["psnr"].extend(psnr(reconstructed, original).tolist())
+        if reconstructed.shape != original.shape or reconstructed.ndim not in (4, 5):
+            raise ValueError(f"expected reconstructed and original of one shape [B, C, H, W] or [B, T, C, H, W], got "
+                             f"{tuple(reconstructed.shape)} and {tuple(original.shape)}.")
+        batch = len(original)
+        frames = original.shape[1] if original.ndim == 5 else 1
+        if "psnr" in self.per_image:  # [B, T * C, H, W]: one MSE over every frame of a clip
+            self.per_image["psnr"].extend(psnr(reconstructed.flatten(1, -3), original.flatten(1, -3)).tolist())
+        reconstructed = reconstructed.reshape(-1, *original.shape[-3:])
+        original = original.reshape(-1, *original.shape[-3:])
         if "ssim" in self.per_image:
-            self.per_image["ssim"].extend(ssim(reconstructed, original).tolist())
+            self.per_image["ssim"].extend(ssim(reconstructed, original).view(batch, frames).mean(dim=1).tolist())
         reconstructed = reconstructed.float().clamp(0, 1).to(self.device)
         original = original.float().clamp(0, 1).to(self.device)
         if self._lpips is not None:
             distances = self._lpips(reconstructed * 2 - 1, original * 2 - 1)
-            self.per_image["lpips"].extend(distances.reshape(len(original), -1).mean(dim=1).tolist())
+            self.per_image["lpips"].extend(distances.reshape(batch, -1).mean(dim=1).tolist())
         if self._fid is not None:
             self._fid.update(original, real=True)
             self._fid.update(reconstructed, real=False)

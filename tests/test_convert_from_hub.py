@@ -10,6 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from huggingface_hub import HfApi
@@ -153,10 +155,30 @@ def write_images(folder: Path, sizes=((40, 30), (33, 47), (64, 64))) -> Path:
     return folder
 
 
+def ssim_reference(a: np.ndarray, b: np.ndarray) -> float:
+    """SSIM of two [C, H, W] images in [0, 1] written out with scipy: 11-tap Gaussian (sigma 1.5) local statistics,
+    K1 = 0.01, K2 = 0.03, valid positions only, mean over positions then channels."""
+    from scipy.ndimage import gaussian_filter
+
+    c1, c2, values = 0.01**2, 0.03**2, []
+    for x, y in zip(a, b):
+        blur = lambda image: gaussian_filter(image, 1.5, truncate=3.5)[5:-5, 5:-5]  # noqa: E731  (radius 5: 11 taps)
+        mx, my = blur(x), blur(y)
+        sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+        values.append((((2 * mx * my + c1) * (2 * sxy + c2)) / ((mx**2 + my**2 + c1) * (sxx + syy + c2))).mean())
+    return float(np.mean(values))
+
+
 def test_end_to_end_variant_name_to_report(parity_root, hub_client, tmp_path, monkeypatch):
-    """The README's end-to-end command: a released variant by name, converted from the Hub, run on an image folder."""
+    """The README's end-to-end command: a released variant by name, converted from the Hub, run on an image folder,
+    writing tokens (equal to vistok-tokenize's), one reconstruction file per image (equal to the model's decode) and
+    a report (equal to metrics computed here from the decode)."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
     from vistok.evaluation import main as eval_main
     from vistok.modeling.configuration_titok import TITOK_VIT_PRESETS
+    from vistok.tokenize_dataset import main as tokenize_main
 
     case = parity_root / "titok" / "vq_direct"
     if not case.is_dir():
@@ -170,13 +192,46 @@ def test_end_to_end_variant_name_to_report(parity_root, hub_client, tmp_path, mo
     publish(case / "original", "yucornetto/tokenizer_titok_l32_imagenet")
     images = write_images(tmp_path / "images")
     out = tmp_path / "out"
-    assert eval_main(["titok-l32", str(images), "--output-dir", str(out), "--no-progress"]) == 0
+    command = ["titok-l32", str(images), "--output-dir", str(out), "--save-tokens", "--save-reconstructions",
+               "--batch-size", "2", "--shard-size", "2", "--no-progress"]
+    assert eval_main(command) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["num_images"] == 3 and (out / "grid.png").is_file()
+    assert report["num_images"] == 3 and (out / "grid.png").is_file() and (out / "report.md").is_file()
     converted = Path(hub_client.hf_home) / "vistok" / "converted" / "titok_l32"
     assert report["model"] == "titok-l32" and (converted / "model.safetensors").is_file()
     config = json.loads((converted / "config.json").read_text())
     assert report["tokens_per_image"] == config["num_latent_tokens"]
+
+    # tokens: the same parquet dataset as vistok-tokenize's, file for file
+    assert tokenize_main(["titok-l32", str(images), str(tmp_path / "tokenized"), "--batch-size", "2",
+                          "--shard-size", "2", "--no-progress"]) == 0
+    ours, theirs = sorted((out / "tokens" / "data").glob("*.parquet")), sorted(
+        (tmp_path / "tokenized" / "data").glob("*.parquet"))
+    assert [f.name for f in ours] == [f.name for f in theirs] == ["train-00000-of-00002.parquet",
+                                                                  "train-00001-of-00002.parquet"]
+    for a, b in zip(ours, theirs):
+        assert pq.read_table(a).equals(pq.read_table(b))
+    assert json.loads((out / "tokens" / "vistok_tokenize.json").read_text())["num_rows"] == 3
+
+    # reconstructions and metrics against the model's own decode of each image
+    model = AutoModel.from_pretrained(converted).eval()
+    processor = AutoImageProcessor.from_pretrained(converted)
+    for index, item in enumerate(report["images"]):
+        name = f"image_{index}"
+        assert item["file"] == f"{name}.png" and item["reconstruction"] == f"reconstructions/{name}.png"
+        pixel_values = processor(Image.open(images / f"{name}.png"), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            tokens = model.encode(pixel_values).tokens
+            decoded = model.decode(tokens).reconstruction
+        saved = Image.open(out / item["reconstruction"])
+        assert saved.size == (pixel_values.shape[-1], pixel_values.shape[-2])
+        assert np.array_equal(np.asarray(saved), np.asarray(processor.postprocess(decoded)[0]))
+        assert pq.read_table(ours[index // 2]).column("tokens")[index % 2].as_py() == tokens[0].tolist()
+        original = pixel_values[0].double().clamp(0, 1).numpy()  # TiTok's input range is [0, 1]
+        reconstructed = decoded[0].double().clamp(0, 1).numpy()
+        assert item["psnr"] == pytest.approx(10 * np.log10(1 / ((original - reconstructed) ** 2).mean()), rel=1e-6)
+        assert item["ssim"] == pytest.approx(ssim_reference(reconstructed, original), abs=1e-6)
+
     requests = len(hub_client.hub.requests)
     assert eval_main(["titok-l32", str(images), "--output-dir", str(out), "--no-progress"]) == 0
     assert len(hub_client.hub.requests) == requests, "the converted variant is reused, not downloaded again"
