@@ -58,8 +58,8 @@ setup(
     entry_points={
         "console_scripts": [
             "vistok-convert=vistok.conversion.__main__:main",
-            "vistok-eval=vistok.evaluation:main",
-            "vistok-tokenize=vistok.tokenize_dataset:main",
+            "vistok-eval=vistok.cli:eval_main",
+            "vistok-tokenize=vistok.cli:tokenize_main",
         ]
     },
 )

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from .cli import tokenize_main as main, tokenize_parser as build_parser  # noqa: F401  (the command; parsing stays light)
+
 
 logger = logging.getLogger("vistok.tokenize")
 
@@ -285,31 +287,6 @@ def tokenize_dataset(
     return written
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vistok-tokenize",
-        description="Encode an image dataset with a vistok tokenizer into parquet shards of token ids (or latents). "
-        "Resumable; data-parallel under `accelerate launch`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("model", help="model folder, Hub id, or released variant name (e.g. titok-l32)")
-    parser.add_argument("data", help="image or video folder (datasets' imagefolder / videofolder) or Hub dataset id")
-    parser.add_argument("out", help="output folder (parquet shards under OUT/data/)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per encode call")
-    parser.add_argument("--split", default=None, help="dataset split (default: validation, else test, else train)")
-    parser.add_argument("--shard-size", type=int, default=1000, help="rows per parquet shard (the unit of resumption)")
-    parser.add_argument("--image-column", "--column", default=None,
-                        help="image or video column (default: the first Image or Video feature)")
-    parser.add_argument("--max-images", type=int, default=None, help="tokenize only the first N images or videos")
-    parser.add_argument("--num-workers", type=int, default=None,
-                        help="DataLoader worker processes decoding and preprocessing (default: CPUs per process - 1)")
-    parser.add_argument("--device", default=None, help="default: the accelerate process's device")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--push-to-hub", default=None, metavar="REPO", help="upload OUT as a Hub dataset repo")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    return parser
-
-
 def load_tokenizer(model: str, kind: str = "image", dtype="float32", device=None):
     """Loads a vistok tokenizer for ``kind`` (``"image"`` or ``"video"``) data: ``(model, processor, path)``.
 
@@ -358,18 +335,6 @@ def run(args: argparse.Namespace) -> Path:
                               allow_patterns=["data/*.parquet", INFO_FILE])
     state.wait_for_everyone()
     return out
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        out = run(args)
-    except ValueError as error:
-        print(f"vistok-tokenize: error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote parquet shards to {out / 'data'}")
-    return 0
 
 
 __all__ = [

@@ -14,7 +14,8 @@ def test_eval_on_a_hub_dataset_id(titok_dir, image_dir, tmp_path, hub_client, mo
 
     monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
     monkeypatch.setattr(datasets.config, "USE_PARQUET_EXPORT", False)  # no datasets-server look-up; read the files
-    # datasets reads HF_ENDPOINT once, at its import (maybe under another test's fake Hub)
+    # datasets reads HF_ENDPOINT and the offline flag once, at its import (maybe under another test's fake Hub)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub_client.hub.endpoint)
     monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL",
                         hub_client.hub.endpoint + "/datasets/{repo_id}/resolve/{revision}/{path}")

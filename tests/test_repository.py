@@ -49,7 +49,7 @@ def test_import_registers_everything_and_is_idempotent():
 
 
 def test_cli_entry_points_are_installed():
-    for name in ("vistok-convert", "vistok-eval"):
+    for name in ("vistok-convert", "vistok-eval", "vistok-tokenize"):
         out = subprocess.run([name, "--help"], capture_output=True, text=True)
         assert out.returncode == 0 and "usage" in out.stdout.lower(), out.stderr
     out = subprocess.run([sys.executable, "-m", "vistok.conversion", "--help"], capture_output=True, text=True)
@@ -76,6 +76,20 @@ def test_import_is_lazy_and_heavy_dependencies_wait_for_use():
         "print('diffusers' in sys.modules)"
     )
     assert _fresh_python(code).split() == ["TiTokModel", "False", "False", "True"]
+
+
+def test_cli_help_and_usage_errors_import_no_torch():
+    """`--help` and argument errors of every command answer from argparse alone (torch takes seconds to import)."""
+    heavy = ("torch", "transformers", "datasets")
+    for command in ("vistok.cli:eval_main", "vistok.cli:tokenize_main", "vistok.conversion.__main__:main"):
+        module, function = command.split(":")
+        for argv in (["--help"], ["only-one-argument"]):
+            code = (f"import sys; from {module} import {function} as main\n"
+                    f"try:\n    main({argv!r})\nexcept SystemExit as stop:\n    print(stop.code, end=' ')\n"
+                    f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+            last = out.stdout.strip().splitlines()[-1]  # after the usage text
+            assert last.endswith(f"{0 if argv == ['--help'] else 2} []"), (command, argv, out.stdout, out.stderr)
 
 
 def test_registry_names_are_the_model_types():
