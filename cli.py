@@ -23,6 +23,15 @@ def json_object(text: str) -> dict:
     return value
 
 
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the items come from, the same in both commands: DATA, --split, --image-column, --max-images."""
+    parser.add_argument("data", help="image or video folder (datasets' imagefolder / videofolder) or Hub dataset id")
+    parser.add_argument("--split", default=None, help="dataset split (default: validation, else test, else train)")
+    parser.add_argument("--image-column", "--column", default=None,
+                        help="image or video column (default: the first Image or Video feature)")
+    parser.add_argument("--max-images", type=int, default=None, help="use only the first N images or videos")
+
+
 def eval_parser() -> argparse.ArgumentParser:
     """The ``vistok-eval`` arguments (see ``vistok.evaluation``)."""
     parser = argparse.ArgumentParser(
@@ -32,7 +41,7 @@ def eval_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("model", help="model directory or Hub id (loaded with AutoModel + AutoImageProcessor), or a "
                         "released variant name (e.g. titok-l32), converted once from its original Hub release")
-    parser.add_argument("data", help="image or video folder (datasets' imagefolder / videofolder) or Hub dataset id")
+    add_data_arguments(parser)
     parser.add_argument("--output-dir", default="vistok-eval",
                         help="where report.json, report.md, grid.png (and tokens/, reconstructions/) go")
     parser.add_argument("--save-tokens", action="store_true",
@@ -42,10 +51,6 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=int, default=1000, help="rows per parquet shard of --save-tokens")
     parser.add_argument("--fps", type=float, default=8.0, help="frame rate of the reconstructed mp4 files")
     parser.add_argument("--batch-size", type=int, default=16, help="images per encode/decode call (default: 16)")
-    parser.add_argument("--max-images", type=int, default=None, help="evaluate only the first N images")
-    parser.add_argument("--split", default=None, help="dataset split (default: validation, else test, else train)")
-    parser.add_argument("--image-column", "--column", default=None,
-                        help="image or video column (default: the first Image or Video feature)")
     parser.add_argument("--streaming", action="store_true", help="stream the Hub dataset (with --max-images)")
     parser.add_argument("--decode-kwargs", default=None, type=json_object, metavar="JSON",
                         help='extra model.decode arguments, e.g. \'{"num_steps": 25, "guidance_scale": 7.5}\'')
@@ -73,14 +78,10 @@ def tokenize_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("model", help="model folder, Hub id, or released variant name (e.g. titok-l32)")
-    parser.add_argument("data", help="image or video folder (datasets' imagefolder / videofolder) or Hub dataset id")
+    add_data_arguments(parser)
     parser.add_argument("out", help="output folder (parquet shards under OUT/data/)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per encode call")
-    parser.add_argument("--split", default=None, help="dataset split (default: validation, else test, else train)")
     parser.add_argument("--shard-size", type=int, default=1000, help="rows per parquet shard (the unit of resumption)")
-    parser.add_argument("--image-column", "--column", default=None,
-                        help="image or video column (default: the first Image or Video feature)")
-    parser.add_argument("--max-images", type=int, default=None, help="tokenize only the first N images or videos")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader worker processes decoding and preprocessing (default: CPUs per process - 1)")
     parser.add_argument("--device", default=None, help="default: the accelerate process's device")
