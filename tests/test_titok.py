@@ -213,6 +213,23 @@ def test_invalid_configs_are_rejected():
         TiTokConfig(image_size=250)
 
 
+def test_encoder_and_decoder_patch_sizes_may_differ():
+    """The original builds the encoder and decoder grids independently (crop // patch each): an encoder on an 6x6 grid
+    of 8-px patches with a decoder on a 3x3 grid of 16-px patches still reconstructs the full 48x48 image."""
+    config = TiTokConfig(
+        image_size=48, patch_size=8, decoder_patch_size=16, num_latent_tokens=5, token_size=8, codebook_size=64,
+        encoder_hidden_size=40, encoder_num_hidden_layers=1, encoder_num_attention_heads=5,
+        decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, is_legacy=False, use_pixel_decoder=False,
+    )
+    model = vistok.TiTokModel(config).eval()
+    assert model.encoder.embeddings.position_embedding.shape == (6 * 6 + 1, 40)
+    assert model.decoder.embeddings.position_embedding.shape == (3 * 3 + 1, 32)
+    with torch.no_grad():
+        tokens = model.encode(torch.rand(2, 3, 48, 48)).tokens
+        assert tokens.shape == (2, 5)
+        assert model.decode(tokens).reconstruction.shape == (2, 3, 48, 48)
+
+
 def _tiny_tatitok():
     from testers.titok import TESTERS
 
