@@ -96,7 +96,7 @@ def test_parity_every_stored_tensor(parity_root, converted, case):
             _close(decoded.reconstruction, io[f"decoded_pixels_{run}"], f"decoded_pixels_{run}")
         # the fixture's noise was drawn image by image from torch.Generator().manual_seed(1), as `generator=` does
         seeded = model.decode(tokens, num_steps=meta["timesteps"], guidance_scale=1.0,
-                              generator=torch.Generator().manual_seed(1))
+                              generator=torch.Generator().manual_seed(1), image_size=tuple(pixel_values.shape[-2:]))
         _close(seeded.vae_latents, io["decoded_latents_full_noguidance"], "generator decode")
 
 
