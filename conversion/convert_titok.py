@@ -106,9 +106,11 @@ def build_config(state_dict: dict, original: dict, presets: dict) -> tuple[TiTok
     grid = math.isqrt(require_tensor(state_dict, "encoder.positional_embedding", "TiTok").shape[0] - 1)
     image_size = grid * patch_size
     crop_size = original.get("dataset", {}).get("preprocessing", {}).get("crop_size", image_size)
-    if crop_size != image_size:
+    # the original derives the grid as crop_size // patch_size: a crop up to patch_size - 1 pixels larger feeds the
+    # same grid (the convolution drops the remainder) and the decoder returns grid * patch pixels
+    if crop_size // patch_size != grid:
         raise ConversionError(f"config crop_size {crop_size} does not match the weights' {grid}x{grid} grid of "
-                              f"{patch_size}-pixel patches ({image_size}).")
+                              f"{patch_size}-pixel patches ({image_size}..{image_size + patch_size - 1} px).")
     num_tokens, token_channels = require_tensor(state_dict, "latent_tokens", "TiTok").shape[0], state_dict["encoder.conv_out.weight"].shape[0]
     quantize_mode = vq.get("quantize_mode", "vq")
     is_vq = "quantize.embedding.weight" in state_dict
@@ -205,9 +207,11 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     state_dict, original = _read_source(source, config_file)
     presets = load_presets(TITOK_VIT_PRESETS, presets_file)
     config, notes = build_config(state_dict, original, presets)
+    crop_size = original.get("dataset", {}).get("preprocessing", {}).get("crop_size", config.image_size)
     logger.info("building TiTokModel (%s tokens, %s)", config.num_latent_tokens, config.quantize_mode)
     model = TiTokModel(config).eval()
     converted, unmapped = convert_state_dict(state_dict, model)
     load_into_model(model, converted, unmapped, source=state_dict)
-    processor = square_image_processor(TiTokImageProcessor, config.image_size)
+    # preprocessing crops what the original crops; the model encodes that size (extra pixels beyond the grid unused)
+    processor = square_image_processor(TiTokImageProcessor, crop_size)
     return ConversionResult(model=model, processors=[processor], notes=notes)

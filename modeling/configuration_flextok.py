@@ -207,10 +207,6 @@ class FlexTokConfig(VariantConfigMixin, PreTrainedConfig):
             raise ValueError(
                 f"nested_dropout_mode must be 'uniform', 'pow2' or 'uniform_pow2', got {self.nested_dropout_mode!r}."
             )
-        if self.nested_dropout_mode == "pow2" and self.num_latent_tokens & (self.num_latent_tokens - 1):
-            raise ValueError(
-                f"nested_dropout_mode='pow2' needs a power-of-two num_latent_tokens, got {self.num_latent_tokens}."
-            )
         if self.training_timestep_sampling not in ("uniform", "logit_normal"):
             raise ValueError(
                 "training_timestep_sampling must be 'uniform' or 'logit_normal', got "

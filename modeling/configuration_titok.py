@@ -139,8 +139,6 @@ class TiTokConfig(VariantConfigMixin, PreTrainedConfig):
         for name, patch in (("patch_size", self.patch_size), ("decoder_patch_size", self.decoder_patch_size)):
             if self.image_size % patch != 0:
                 raise ValueError(f"image_size ({self.image_size}) must be divisible by {name} ({patch}).")
-        if self.image_size // self.patch_size != self.image_size // self.decoder_patch_size:
-            raise ValueError("encoder and decoder patch sizes must give the same grid.")
         if self.is_legacy and not self.use_pixel_decoder:
             raise ValueError(
                 "is_legacy=True predicts MaskGIT-VQGAN proxy codes and needs use_pixel_decoder=True to reach pixels."

@@ -140,6 +140,12 @@ class FlexTokTrainingObjective:
         maximum, mode = self.num_tokens, self.nested_dropout_mode
         draw_device = rng_device(generator, device)
         if mode == "pow2":
+            # as in the original, only training needs this: inference takes any register count
+            if maximum & (maximum - 1):
+                raise ValueError(
+                    f"nested_dropout_mode='pow2' samples powers of two up to num_latent_tokens, which must then be a "
+                    f"power of two; got {maximum}. Use 'uniform' or 'uniform_pow2' to train this model."
+                )
             exponents = torch.randint(0, maximum.bit_length(), (batch_size,), generator=generator, device=draw_device)
             keep_k = 2**exponents
         else:

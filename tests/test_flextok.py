@@ -96,7 +96,7 @@ def test_parity_every_stored_tensor(parity_root, converted, case):
             _close(decoded.reconstruction, io[f"decoded_pixels_{run}"], f"decoded_pixels_{run}")
         # the fixture's noise was drawn image by image from torch.Generator().manual_seed(1), as `generator=` does
         seeded = model.decode(tokens, num_steps=meta["timesteps"], guidance_scale=1.0,
-                              generator=torch.Generator().manual_seed(1))
+                              generator=torch.Generator().manual_seed(1), image_size=tuple(pixel_values.shape[-2:]))
         _close(seeded.vae_latents, io["decoded_latents_full_noguidance"], "generator decode")
 
 
@@ -430,8 +430,17 @@ def test_config_validation():
         FlexTokConfig(guidance_type="pag")
     with pytest.raises(Exception, match="image_size \\(100\\) must be divisible"):
         FlexTokConfig(image_size=100)
-    with pytest.raises(Exception, match="power-of-two"):
-        FlexTokConfig(num_latent_tokens=6)
+    # like the original, any register count builds and runs; only pow2 nested-dropout TRAINING needs a power of two
+    FlexTokConfig(num_latent_tokens=6)
+    from vistok.modeling.scheduling_flextok import FlexTokTrainingObjective
+
+    with pytest.raises(ValueError, match="must then be a power of two; got 6"):
+        FlexTokTrainingObjective(6, "uniform", "pow2", 0.0).sample_keep_k(4, torch.Generator().manual_seed(0), "cpu")
+    kept = FlexTokTrainingObjective(6, "uniform", "uniform_pow2", 0.0).sample_keep_k(
+        64, torch.Generator().manual_seed(0), "cpu"
+    )
+    # uniform 1..6 rounded up to a power of two, capped at 6: {1, 2, 4, 8 -> 6}
+    assert set(kept.tolist()) == {1, 2, 4, 6}
 
 
 def test_processor_matches_original_transforms():

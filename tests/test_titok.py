@@ -186,6 +186,35 @@ def test_preset_overrides_must_match_weights(release_copy, tmp_path, capsys):
     assert code == 2 and "hidden_size=999" in err
 
 
+
+def test_crop_size_up_to_one_patch_larger_than_the_grid(release_copy, tmp_path, capsys):
+    """The original takes grid = crop_size // patch_size: a crop of grid * p + r (r < p) pixels feeds the same grid
+    (the patch convolution drops the last r rows/columns) and decodes grid * p pixels; r >= p is a different grid."""
+    source, presets = release_copy
+    config = json.loads((source / "config.json").read_text())
+    vq = config["model"]["vq_model"]
+    image_size, patch = config["dataset"]["preprocessing"]["crop_size"], vq["vit_enc_patch_size"]
+    config["dataset"]["preprocessing"]["crop_size"] = image_size + patch - 1
+    (source / "config.json").write_text(json.dumps(config))
+    assert _run_cli(capsys, "titok", source, tmp_path / "out", "--preset-overrides", presets)[0] == 0
+    model = AutoModel.from_pretrained(tmp_path / "out").eval()
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    assert model.config.image_size == image_size
+    assert processor.crop_size == {"height": image_size + patch - 1, "width": image_size + patch - 1}
+    pixel_values = torch.rand(2, 3, image_size + patch - 1, image_size + patch - 1)
+    with torch.no_grad():
+        full = model.encode(pixel_values)
+        cropped = model.encode(pixel_values[:, :, :image_size, :image_size])
+        assert torch.equal(full.tokens, cropped.tokens)
+        text = ({"text_guidance": torch.zeros(2, model.config.text_context_length, model.config.text_embed_dim)}
+                if model.config.use_text_guidance else {})
+        assert model.decode(full.tokens, **text).reconstruction.shape[-2:] == (image_size, image_size)
+    config["dataset"]["preprocessing"]["crop_size"] = image_size + patch
+    (source / "config.json").write_text(json.dumps(config))
+    code, err = _run_cli(capsys, "titok", source, tmp_path / "out2", "--preset-overrides", presets)
+    assert code == 2 and f"crop_size {image_size + patch}" in err
+
+
 # exact parameter counts of the released tokenizers, computed with the original classes (see the notes)
 RELEASED_PARAMS_M = {"titok_l32": 641.05, "titok_b64": 204.81, "titok_s128": 83.67, "titok_bl64_vq8k": 390.02,
                      "titok_sl256_vq8k": 330.26, "titok_ll32_vae": 606.88, "titok_bl128_vae": 389.58,
@@ -211,6 +240,23 @@ def test_invalid_configs_are_rejected():
         TiTokConfig(is_legacy=True, use_pixel_decoder=False)
     with pytest.raises(Exception, match="divisible"):
         TiTokConfig(image_size=250)
+
+
+def test_encoder_and_decoder_patch_sizes_may_differ():
+    """The original builds the encoder and decoder grids independently (crop // patch each): an encoder on an 6x6 grid
+    of 8-px patches with a decoder on a 3x3 grid of 16-px patches still reconstructs the full 48x48 image."""
+    config = TiTokConfig(
+        image_size=48, patch_size=8, decoder_patch_size=16, num_latent_tokens=5, token_size=8, codebook_size=64,
+        encoder_hidden_size=40, encoder_num_hidden_layers=1, encoder_num_attention_heads=5,
+        decoder_hidden_size=32, decoder_num_hidden_layers=1, decoder_num_attention_heads=2, is_legacy=False, use_pixel_decoder=False,
+    )
+    model = vistok.TiTokModel(config).eval()
+    assert model.encoder.embeddings.position_embedding.shape == (6 * 6 + 1, 40)
+    assert model.decoder.embeddings.position_embedding.shape == (3 * 3 + 1, 32)
+    with torch.no_grad():
+        tokens = model.encode(torch.rand(2, 3, 48, 48)).tokens
+        assert tokens.shape == (2, 5)
+        assert model.decode(tokens).reconstruction.shape == (2, 3, 48, 48)
 
 
 def _tiny_tatitok():
