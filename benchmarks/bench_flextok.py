@@ -34,6 +34,7 @@ import bench_reference
 from bench_common import DTYPES, count_flops, median_seconds, write_results
 
 from vistok import FLEXTOK_VARIANTS, FlexTokConfig, FlexTokModel
+from vistok.modeling.configuration_flextok import FLEXTOK_VAE_BASE_CONFIG
 
 
 # d18_d28_dfn has the architecture of d18_d28_in1k (only the training data differ)
@@ -105,8 +106,71 @@ def run(args) -> dict:
                 torch=torch.__version__, warmup=args.warmup, iters=args.iters, rows=rows)
 
 
+def _resize_module_config(node, width: int, depth: int, settings: dict):
+    """Copy of one part of an original FlexTok config (Hydra dicts) with every size field set to a released size:
+    `dim` -> width, `depth`, `head_dim`, the FSQ width (`dim_in`/`dim_out`), the VAE channels, posemb tables and
+    register counts; everything else (module names, order, data-dict keys) is kept."""
+    if isinstance(node, list):
+        return [_resize_module_config(item, width, depth, settings) for item in node]
+    if not isinstance(node, dict):
+        return node
+    sizes = {"dim": width, "depth": depth, "head_dim": 64, "dim_in": settings["fsq_dim"],
+             "dim_out": settings["fsq_dim"], "channels_in": settings["vae_channels"],
+             "channels_out": settings["vae_channels"], "out_channels": settings["vae_channels"],
+             "latent_channels": settings["vae_channels"], "levels": settings["fsq_levels"],
+             "n_min": 1, "n_max": settings["registers"]}
+    resized = {}
+    for key, value in node.items():
+        if key == "max_sizes":  # 2D patch posemb tables or the 1D register posemb table
+            value = [settings["patches"]] * 2 if len(value) == 2 else [settings["registers"]]
+        elif key in sizes:
+            value = sizes[key]
+        resized[key] = _resize_module_config(value, width, depth, settings)
+    return resized
+
+
+def released_reference_checkpoint(args, workdir: Path, wrapper) -> Path:
+    """Builds the original FlexTok at the size of `--reference-variant` from the module layout of the
+    `--reference-checkpoint` config (e.g. the tiny parity checkpoint), with random weights (layers the original
+    zero-initializes are drawn from N(0, 0.02) so that tokens and velocities are not trivial), and writes it in the
+    released layout: config.json (module order kept), model.safetensors (whole state dict, config in the metadata)
+    and the diffusers VAE folder `vae/`."""
+    from safetensors.torch import save_file
+
+    template = json.loads((Path(args.reference_checkpoint) / "config.json").read_text())
+    released = FLEXTOK_VARIANTS[args.reference_variant]
+    config = FlexTokConfig()  # release defaults: 256 px, c16 VAE, patch 2, 256 registers, FSQ levels
+    settings = dict(fsq_dim=len(config.fsq_levels), fsq_levels=list(config.fsq_levels), registers=config.num_latent_tokens,
+                    vae_channels=FLEXTOK_VAE_BASE_CONFIG["latent_channels"],
+                    patches=config.image_size // 8 // config.patch_size)
+    resized = dict(template)
+    for part in ("encoder", "decoder"):
+        depth = released[f"{part}_depth"]
+        resized[part] = _resize_module_config(template[part], 64 * depth, depth, settings)
+    for part in ("regularizer", "pipeline"):
+        resized[part] = _resize_module_config(template[part], 0, 0, settings)
+    resized["vae"] = dict(template["vae"], latent_channels=settings["vae_channels"],
+                          scaling_factor=config.vae_scaling_factor, hf_hub_path=None)  # VAE_BASE_CFG, random
+    torch.manual_seed(0)
+    original = wrapper.FlexTokFromHub({k: v for k, v in resized.items() if k != "_target_"})
+    with torch.no_grad():
+        for parameter in original.parameters():
+            if not parameter.any():
+                parameter.normal_(0.0, 0.02)
+    folder = workdir / "original"
+    original.vae.vae.save_pretrained(folder / "vae")
+    resized["vae"]["hf_hub_path"] = "vae"
+    (folder / "config.json").write_text(json.dumps(resized, indent=2))
+    metadata = {key: str(value) for key, value in resized.items()}
+    save_file({k: v.contiguous() for k, v in original.state_dict().items()}, folder / "model.safetensors", metadata)
+    del original
+    gc.collect()
+    return folder
+
+
 def reference_pairs(args, workdir):
-    """The original FlexTok loaded from `--reference-checkpoint` and its vistok conversion."""
+    """The original FlexTok loaded from `--reference-checkpoint` (or built at `--reference-variant`'s size) and its
+    vistok conversion."""
     if not args.reference_checkpoint:
         raise SystemExit("--reference needs --reference-checkpoint DIR (an original FlexTok checkpoint folder)")
     wrapper = bench_reference.import_original(args.reference, "flextok.flextok_wrapper")
@@ -115,6 +179,8 @@ def reference_pairs(args, workdir):
     from vistok.conversion.__main__ import main as convert_main
 
     source = Path(args.reference_checkpoint).resolve()
+    if args.reference_variant:
+        source = released_reference_checkpoint(args, workdir, wrapper)
     config = json.loads((source / "config.json").read_text())
     config = {key: value for key, value in config.items() if key != "_target_"}
     cwd = os.getcwd()
@@ -209,6 +275,9 @@ def main(argv=None):
     bench_reference.add_arguments(parser)
     parser.add_argument("--reference-checkpoint", default=None, metavar="DIR",
                         help="original FlexTok checkpoint folder to compare (--reference)")
+    parser.add_argument("--reference-variant", default=None, choices=list(FLEXTOK_VARIANTS),
+                        help="build the original at this released size (random weights) from the module layout of "
+                             "--reference-checkpoint's config instead of loading that checkpoint")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

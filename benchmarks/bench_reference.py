@@ -47,29 +47,30 @@ def set_mmap_threshold(nbytes: int) -> bool:
     return bool(libc.mallopt(m_mmap_threshold, nbytes)) and bool(libc.mallopt(m_trim_threshold, trim))
 
 
-def peak_memory_gb(fn, device: str) -> float:
-    """Peak memory one `fn()` call adds: CUDA peak allocated above the baseline, or on CPU the rise of the resident
-    set's high-water mark (reset through /proc/self/clear_refs) above the resident set before the call, after
-    `malloc_trim` and with a 64 KiB mmap threshold, so that the resident set follows the live tensors."""
+def peak_memory_gb(fn, device: str) -> tuple[float, object]:
+    """Peak memory one `fn()` call adds, and that call's output: CUDA peak allocated above the baseline, or on CPU the
+    rise of the resident set's high-water mark (reset through /proc/self/clear_refs) above the resident set before the
+    call, after `malloc_trim` and with a 64 KiB mmap threshold, so that the resident set follows the live tensors."""
     with torch.no_grad():
         if device.startswith("cuda"):
             synchronize(device)
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
-            fn()
+            output = fn()
             synchronize(device)
-            return (torch.cuda.max_memory_allocated() - base) / 2**30
+            return (torch.cuda.max_memory_allocated() - base) / 2**30, output
         if not set_mmap_threshold(64 << 10):
-            return float("nan")
+            return float("nan"), fn()
         try:
             # return free heap pages to the OS: reusing them during the call faults them in again
             ctypes.CDLL("libc.so.6").malloc_trim(0)
-            Path("/proc/self/clear_refs").write_text("5")
+            try:
+                Path("/proc/self/clear_refs").write_text("5")
+            except OSError:  # no way to reset the high-water mark
+                return float("nan"), fn()
             base = _resident_kb("VmRSS")
-            fn()
-            return (_resident_kb("VmHWM") - base) / 2**20
-        except OSError:
-            return float("nan")
+            output = fn()
+            return (_resident_kb("VmHWM") - base) / 2**20, output
         finally:
             set_mmap_threshold(_HIGH_MMAP_THRESHOLD)
 
@@ -87,23 +88,30 @@ def max_difference(ours, theirs) -> float:
 def compare(op: str, batch_size: int, ours, theirs, args) -> dict:
     """Times `ours()` and `theirs()` alternately (the order flips every round), then measures memory and outputs."""
     times = {"vistok": [], "original": []}
+    cpu_times = {"vistok": [], "original": []}
     calls = [("original", theirs), ("vistok", ours)]
     with torch.no_grad():
         for step in range(args.warmup + args.iters):
             for name, fn in calls if step % 2 == 0 else calls[::-1]:
                 synchronize(args.device)
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 fn()
                 synchronize(args.device)
                 if step >= args.warmup:
                     times[name].append(time.perf_counter() - start)
-        difference = max_difference(ours(), theirs())
+                    cpu_times[name].append(time.process_time() - cpu_start)
     row = dict(op=op, batch_size=batch_size, original_s=statistics.median(times["original"]),
                vistok_s=statistics.median(times["vistok"]))
     row["ratio"] = row["vistok_s"] / row["original_s"]
-    row["original_peak_gb"] = peak_memory_gb(theirs, args.device)
-    row["vistok_peak_gb"] = peak_memory_gb(ours, args.device)
-    row["max_abs_diff"] = difference
+    # CPU seconds of the process (all its threads): on a machine shared with other jobs the wall clock includes the
+    # time the process waited for a core, its CPU time does not
+    row["original_cpu_s"] = statistics.median(cpu_times["original"])
+    row["vistok_cpu_s"] = statistics.median(cpu_times["vistok"])
+    row["cpu_ratio"] = row["vistok_cpu_s"] / row["original_cpu_s"]
+    # the memory-measured calls also give the outputs that are compared (one call each instead of two)
+    row["original_peak_gb"], their_output = peak_memory_gb(theirs, args.device)
+    row["vistok_peak_gb"], our_output = peak_memory_gb(ours, args.device)
+    row["max_abs_diff"] = max_difference(our_output, their_output)
     print(json.dumps(row), flush=True)
     return row
 
@@ -128,14 +136,17 @@ def to_markdown(system: str, result: dict) -> str:
         "",
         f"Device: {result['device']} ({result['threads']} threads), torch {result['torch']}; {result['model']}; median "
         f"of {result['iters']} alternating calls after {result['warmup']} warm-up. ratio = vistok / original time "
-        "(< 1: vistok faster). Peak memory: one call, above the resident/allocated memory before it.",
+        "(< 1: vistok faster); CPU: the same with the process's CPU seconds (steadier than wall-clock time when other "
+        "jobs share the cores). Peak memory: one call, above the resident/allocated memory before it.",
         "",
-        "| op | batch | original s | vistok s | ratio | original peak MB | vistok peak MB | max abs diff |",
-        "|---|---|---|---|---|---|---|---|",
+        "| op | batch | original s | vistok s | ratio | original CPU s | vistok CPU s | CPU ratio | original peak MB | "
+        "vistok peak MB | max abs diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         lines.append(
             f"| {r['op']} | {r['batch_size']} | {r['original_s']:.3f} | {r['vistok_s']:.3f} | {r['ratio']:.2f} | "
+            f"{r['original_cpu_s']:.3f} | {r['vistok_cpu_s']:.3f} | {r['cpu_ratio']:.2f} | "
             f"{r['original_peak_gb'] * 1024:.1f} | {r['vistok_peak_gb'] * 1024:.1f} | {r['max_abs_diff']:.2e} |"
         )
     return "\n".join(lines) + "\n"
@@ -148,6 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--reference-batch-sizes", type=int, nargs="+", default=[1, 8])
     group.add_argument("--reference-size", default="released", choices=["released", "reduced"],
                        help="model size of the comparison (reduced: smaller widths/depths for slow machines)")
+    group.add_argument("--reference-skip", nargs="+", default=[], metavar="OP:BATCH",
+                       help="rows to leave out, e.g. decode:8 (a row too slow for the machine at hand)")
 
 
 def main(system: str, build_pairs, args, command: str) -> dict:
@@ -158,8 +171,14 @@ def main(system: str, build_pairs, args, command: str) -> dict:
         set_mmap_threshold(_HIGH_MMAP_THRESHOLD)
     with tempfile.TemporaryDirectory(prefix=f"vistok-ref-{system}-") as workdir:
         description, ops = build_pairs(args, Path(workdir))
+        # one untimed call of each side first (library and kernel initialisation), so that `--warmup 0` is fair
+        ours, theirs = next(iter(ops.values()))(min(args.reference_batch_sizes))
+        with torch.no_grad():
+            theirs(), ours()
         for batch_size in args.reference_batch_sizes:
             for op, make in ops.items():
+                if f"{op}:{batch_size}" in args.reference_skip:
+                    continue
                 ours, theirs = make(batch_size)
                 rows.append(compare(op, batch_size, ours, theirs, args))
     result = dict(system=system, model=description, device=args.device, threads=torch.get_num_threads(),
