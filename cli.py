@@ -43,7 +43,8 @@ def eval_parser() -> argparse.ArgumentParser:
                         "released variant name (e.g. titok-l32), converted once from its original Hub release")
     add_data_arguments(parser)
     parser.add_argument("--output-dir", default="vistok-eval",
-                        help="where report.json, report.md, grid.png (and tokens/, reconstructions/) go")
+                        help="where report.json, report.md, grid.png (and tokens/, reconstructions/) go "
+                        "(default: vistok-eval)")
     parser.add_argument("--save-tokens", action="store_true",
                         help="also write OUTPUT_DIR/tokens: the parquet shards vistok-tokenize writes")
     parser.add_argument("--save-reconstructions", action="store_true",
