@@ -111,18 +111,22 @@ def test_continuous_tokenizer_writes_latents(image_dir, tmp_path):
         torch.testing.assert_close(torch.tensor(got), want, atol=1e-5, rtol=1e-5)
 
 
+def tokenize_with_two_processes(args: list[str]) -> None:
+    """`accelerate launch` of `vistok-tokenize ARGS` with 2 CPU processes (data-parallel, one thread each)."""
+    env = os.environ | {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vistok.tokenize_dataset", *args,
+    ]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
 def test_two_processes_under_accelerate_equal_one(titok_dir, image_dir, tmp_path):
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     common = ["--shard-size", "2", "--batch-size", "2", "--no-progress"]
     assert tokenize_main([str(titok_dir), str(image_dir), str(single), *common]) == 0
-    env = os.environ | {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vistok.tokenize_dataset",
-        str(titok_dir), str(image_dir), str(parallel), *common,
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    tokenize_with_two_processes([str(titok_dir), str(image_dir), str(parallel), *common])
     writers = {json.loads(pq.read_schema(f).metadata[b"vistok"])["process_index"] for f in shard_files(parallel)}
     assert writers == {0, 1}, "both processes should have written shards"
     rows, tokens = read_shards(parallel, "tokens")

@@ -6,8 +6,6 @@ Expected values come from the processor and the model called directly on each fi
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 from transformers import AutoModel, AutoVideoProcessor
 
 import vistok  # noqa: F401  (registers the Auto classes)
+from test_tokenize_dataset import tokenize_with_two_processes
 from testers import all_testers
 from vistok.evaluation import main as eval_main
 from vistok.tokenize_dataset import main as tokenize_main
@@ -114,14 +113,7 @@ def test_two_processes_under_accelerate_equal_one(video_dir, tmp_path):
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     common = ["--shard-size", "1", "--batch-size", "1", "--num-workers", "0", "--no-progress"]
     assert tokenize_main([str(model_dir), str(video_dir), str(single), *common]) == 0
-    env = os.environ | {"OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "vistok.tokenize_dataset",
-        str(model_dir), str(video_dir), str(parallel), *common,
-    ]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    tokenize_with_two_processes([str(model_dir), str(video_dir), str(parallel), *common])
     writers = {json.loads(pq.read_schema(f).metadata[b"vistok"])["process_index"]
                for f in (parallel / "data").glob("*.parquet")}
     assert writers == {0, 1}, "both processes should have written shards"
