@@ -269,9 +269,9 @@ def build(state_dict: dict, original: dict, folder: Path, presets: dict):
         raise ConversionError(f"only square patches are supported, got patch_sizes={patch_sizes}.")
     patch_size = patch_sizes[0]
     enc_table = require_tensor(state_dict, f"{enc}{pos_name}.posembs", "FlexTok")
-    if enc_table.ndim != 4 or enc_table.shape[-1] != enc_table.shape[-2]:
-        raise ConversionError(f"expected a square [1, D, n, n] encoder position table, got {tuple(enc_table.shape)}.")
-    grid = enc_table.shape[-1]
+    if enc_table.ndim != 4 or enc_table.shape[:2] != (1, enc_table.shape[1]):
+        raise ConversionError(f"expected a [1, D, rows, columns] encoder position table, got {tuple(enc_table.shape)}.")
+    grid = tuple(enc_table.shape[-2:])
     enc_width = require_tensor(state_dict, f"{enc}{patch_name}.patch_proj.weight", "FlexTok").shape[0]
     num_registers = require_tensor(state_dict, f"{enc}{reg_name}.registers", "FlexTok").shape[0]
     enc_layers = count_layers(state_dict, f"{enc}{trunk_name}.blocks.")
@@ -321,16 +321,16 @@ def build(state_dict: dict, original: dict, folder: Path, presets: dict):
             raise ConversionError(f"expected a learned register position table of shape (1, 1, {dec_width}, "
                                   f"{num_registers}), got {tuple(reg_table.shape)}.")
     dec_table = require_tensor(state_dict, f"{dec}{dec_pos_name}.posembs", "FlexTok")
-    if tuple(dec_table.shape[-2:]) != (grid, grid):
+    if tuple(dec_table.shape[-2:]) != grid:
         raise ConversionError(
-            f"decoder position table {tuple(dec_table.shape)} does not match the encoder's {grid}x{grid} grid."
+            f"decoder position table {tuple(dec_table.shape)} does not match the encoder's {grid[0]}x{grid[1]} grid."
         )
     repa_layers = dec_trunk.get("intermediate_layers") or []
     noise_module = original.get("flow_matching_noise_module", {})
 
     downsample = 2 ** (len(vae_config.get("down_block_types", [])) - 1)
     config_kwargs = dict(
-        image_size=grid * patch_size * downsample,
+        image_size=[side * patch_size * downsample for side in grid],
         num_channels=vae_config.get("in_channels", 3),
         vae_config=vae_config,
         vae_scaling_factor=float(scaling),

@@ -55,7 +55,9 @@ class FlexTokConfig(VariantConfigMixin, PreTrainedConfig):
     prefix of the register tokens (nested dropout fills the rest with a learned mask token).
 
     Args:
-        image_size (`int`): side of the square input images (256 for every release).
+        image_size (`int` or `[height, width]`): size of the input images its position tables are made for (256,
+            i.e. 256x256, for every release; a pair when the tables are not square). Smaller images work too, see
+            `FlexTokModel.validate_input_size`.
         num_channels (`int`): image channels.
         vae_config (`dict`, *optional*): diffusers `AutoencoderKL` config (without the `_class_name` bookkeeping
             keys); defaults to `FLEXTOK_VAE_BASE_CONFIG`, the released c16 VAE.
@@ -98,7 +100,7 @@ class FlexTokConfig(VariantConfigMixin, PreTrainedConfig):
     model_type = "flextok"
     variants = FLEXTOK_VARIANTS
 
-    image_size: int = 256
+    image_size: int | list[int] = 256
     num_channels: int = 3
     vae_config: dict | None = None
     vae_scaling_factor: float = 0.88
@@ -138,6 +140,12 @@ class FlexTokConfig(VariantConfigMixin, PreTrainedConfig):
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):
+        if isinstance(self.image_size, (list, tuple)):
+            # a pair from a JSON file or a caller; one int when square, so square configs save as before
+            if len(self.image_size) != 2:
+                raise ValueError(f"image_size must be an int or a [height, width] pair, got {self.image_size!r}.")
+            height, width = (int(side) for side in self.image_size)
+            self.image_size = height if height == width else [height, width]
         vae_config = dict(FLEXTOK_VAE_BASE_CONFIG if self.vae_config is None else self.vae_config)
         self.vae_config = {k: v for k, v in vae_config.items() if not k.startswith("_")}
         if self.fsq_levels is None:
@@ -160,14 +168,17 @@ class FlexTokConfig(VariantConfigMixin, PreTrainedConfig):
         return int(self.vae_config.get("latent_channels", 4))
 
     @property
-    def latent_grid_size(self) -> int:
-        """Side of the VAE latent (32 for 256x256 images and an f8 VAE)."""
-        return self.image_size // self.vae_downsample_factor
+    def image_hw(self) -> tuple[int, int]:
+        """`image_size` as (height, width)."""
+        size = self.image_size
+        return (size, size) if isinstance(size, int) else (size[0], size[1])
 
     @property
-    def grid_size(self) -> int:
-        """Side of the patch grid of the VAE latent (16 for the releases)."""
-        return self.latent_grid_size // self.patch_size
+    def grid_shape(self) -> tuple[int, int]:
+        """(rows, columns) of the patch grid of the VAE latent, i.e. of the position tables ((16, 16) for the
+        releases: 256 px / f8 VAE / patch 2)."""
+        factor = self.vae_downsample_factor * self.patch_size
+        return tuple(side // factor for side in self.image_hw)
 
     def validate_architecture(self):
         if any(level < 2 for level in self.fsq_levels):
@@ -178,11 +189,10 @@ class FlexTokConfig(VariantConfigMixin, PreTrainedConfig):
                 f"got {self.codebook_size}."
             )
         factor = self.vae_downsample_factor * self.patch_size
-        if self.image_size % factor != 0:
+        if len(self.image_hw) != 2 or any(side <= 0 or side % factor for side in self.image_hw):
             raise ValueError(
-                f"image_size ({self.image_size}) must be divisible by the VAE downsampling "
-                f"({self.vae_downsample_factor}) "
-                f"times patch_size ({self.patch_size}) = {factor}."
+                f"image_size ({self.image_size}) must be an int or a [height, width] pair of positive multiples of "
+                f"the VAE downsampling ({self.vae_downsample_factor}) times patch_size ({self.patch_size}) = {factor}."
             )
         for key in ("in_channels", "out_channels"):
             if self.vae_config.get(key, 3) != self.num_channels:

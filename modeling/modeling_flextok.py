@@ -19,7 +19,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_flextok import FlexTokConfig
-from .layers import VisionEncoderLayer, get_2d_sincos_pos_embed, init_common_weights, patchify, unpatchify
+from .layers import VisionEncoderLayer, get_1d_sincos_pos_embed, init_common_weights, patchify, unpatchify
 from .quantizers import FiniteScalarQuantizer
 from .scheduling_flextok import FlexTokFlowSampler, FlexTokTrainingObjective, rng_device
 from .tokenizer_utils import (
@@ -106,18 +106,24 @@ def register_attention_mask(num_patches: int, num_registers: int, device=None) -
 _DECODE_ONLY_KWARGS = {"num_steps", "guidance_scale", "guidance_type", "token_lengths"}
 
 
-def crop_position_table(table: torch.Tensor, grid_size: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    """The top-left `grid_h` x `grid_w` corner of a row-major [grid_size**2, D] table, as [grid_h * grid_w, D]: how the
-    original fits its position table to a smaller latent (absolute positions, no interpolation)."""
-    if (grid_h, grid_w) == (grid_size, grid_size):
+def crop_position_table(table: torch.Tensor, grid_shape: tuple[int, int], grid_h: int, grid_w: int) -> torch.Tensor:
+    """The top-left `grid_h` x `grid_w` corner of a row-major [rows * columns, D] table of `grid_shape` (rows,
+    columns), as [grid_h * grid_w, D]: how the original fits its position table to a smaller latent (absolute
+    positions, no interpolation)."""
+    rows, columns = grid_shape
+    if (grid_h, grid_w) == (rows, columns):
         return table
-    return table.view(grid_size, grid_size, -1)[:grid_h, :grid_w].reshape(grid_h * grid_w, -1)
+    return table.view(rows, columns, -1)[:grid_h, :grid_w].reshape(grid_h * grid_w, -1)
 
 
-def _flextok_sincos_table(width: int, grid: int) -> torch.Tensor:
-    # The original builds [sin(a), cos(a), sin(b), cos(b)] with a = row and b = column of a square grid (its
-    # "w"/"h" names are swapped by the meshgrid), which is exactly the MAE-style [emb(y) | emb(x)] table.
-    return get_2d_sincos_pos_embed(width, grid, grid)
+def _flextok_sincos_table(width: int, rows: int, columns: int) -> torch.Tensor:
+    """The original's fixed [rows * columns, width] table (row-major). It computes [sin(a), cos(a), sin(b), cos(b)]
+    over a column-major meshgrid and reads the result back row-major, so entry n gets a = n // rows and
+    b = n % rows: on a square grid a is the row and b the column (the MAE-style [emb(y) | emb(x)] table); on a
+    rectangular one the pairs are not (row, column), and are kept as the original computes them."""
+    index = torch.arange(rows * columns)
+    first, second = index // rows, index % rows
+    return torch.cat([get_1d_sincos_pos_embed(width // 2, first), get_1d_sincos_pos_embed(width // 2, second)], dim=1)
 
 
 class FlexTokLayerNorm(nn.LayerNorm):
@@ -139,10 +145,10 @@ class FlexTokEncoderEmbeddings(nn.Module):
         super().__init__()
         width = config.encoder_hidden_size
         self.patch_size = config.patch_size
-        self.grid_size = config.grid_size
+        self.grid_shape = config.grid_shape
         self.patch_embedding = nn.Linear(config.vae_latent_channels * config.patch_size**2, width)
         # fixed sin-cos table, stored in the checkpoint as in the original (a buffer, so it is never trained)
-        self.register_buffer("position_embedding", torch.empty(config.grid_size**2, width), persistent=True)
+        self.register_buffer("position_embedding", torch.empty(math.prod(config.grid_shape), width), persistent=True)
         self.register_tokens = nn.Parameter(torch.empty(config.num_latent_tokens, width))
 
     def forward(self, vae_latents: torch.Tensor, num_registers: int) -> torch.Tensor:
@@ -150,7 +156,7 @@ class FlexTokEncoderEmbeddings(nn.Module):
         dtype = self.patch_embedding.weight.dtype
         grid_h, grid_w = (side // self.patch_size for side in vae_latents.shape[-2:])
         patches = self.patch_embedding(patchify(vae_latents.to(dtype), self.patch_size))
-        patches = patches + crop_position_table(self.position_embedding, self.grid_size, grid_h, grid_w).to(dtype)
+        patches = patches + crop_position_table(self.position_embedding, self.grid_shape, grid_h, grid_w).to(dtype)
         registers = self.register_tokens[:num_registers].to(dtype).expand(patches.shape[0], -1, -1)
         return torch.cat([patches, registers], dim=1)
 
@@ -163,14 +169,14 @@ class FlexTokDecoderEmbeddings(nn.Module):
         super().__init__()
         width = config.decoder_hidden_size
         self.patch_size = config.patch_size
-        self.grid_size = config.grid_size
+        self.grid_shape = config.grid_shape
         self.num_registers = config.num_latent_tokens
         self.token_projection = nn.Linear(len(config.fsq_levels), width)
         self.register_position_embedding = nn.Parameter(torch.empty(config.num_latent_tokens, width))
         self.mask_token = nn.Parameter(torch.empty(width))
         self.null_condition = nn.Parameter(torch.empty(width)) if config.null_condition == "learned" else None
         self.patch_embedding = nn.Linear(config.vae_latent_channels * config.patch_size**2, width)
-        self.register_buffer("position_embedding", torch.empty(config.grid_size**2, width), persistent=True)
+        self.register_buffer("position_embedding", torch.empty(math.prod(config.grid_shape), width), persistent=True)
 
     def embed_registers(
         self, codes: torch.Tensor, keep_k: torch.Tensor, null_mask: torch.Tensor | None = None
@@ -197,7 +203,7 @@ class FlexTokDecoderEmbeddings(nn.Module):
         dtype = self.patch_embedding.weight.dtype
         grid_h, grid_w = (side // self.patch_size for side in noisy_latents.shape[-2:])
         patches = self.patch_embedding(patchify(noisy_latents.to(dtype), self.patch_size))
-        return patches + crop_position_table(self.position_embedding, self.grid_size, grid_h, grid_w).to(dtype)
+        return patches + crop_position_table(self.position_embedding, self.grid_shape, grid_h, grid_w).to(dtype)
 
     def forward(
         self,
@@ -408,9 +414,8 @@ class FlexTokPreTrainedModel(PreTrainedModel):
         if init_common_weights(module, std):
             return
         if isinstance(module, (FlexTokEncoderEmbeddings, FlexTokDecoderEmbeddings)):
-            grid = self.config.grid_size
             width = module.position_embedding.shape[-1]
-            init.copy_(module.position_embedding, _flextok_sincos_table(width, grid))
+            init.copy_(module.position_embedding, _flextok_sincos_table(width, *self.config.grid_shape))
             for param in module.parameters(recurse=False):
                 init.trunc_normal_(param, std=std)
 
@@ -464,21 +469,22 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
         return height, width
 
     def _check_latent_size(self, latent_h: int, latent_w: int, what: str) -> None:
-        """A latent size the position tables cover: both sides multiples of `patch_size`, at most `grid_size` patches
-        per side (the original crops its tables to the latent and cannot extend them)."""
+        """A latent size the position tables cover: both sides multiples of `patch_size`, at most `grid_shape`
+        patches (rows, columns) (the original crops its tables to the latent and cannot extend them)."""
         config = self.config
-        patch, grid, factor = config.patch_size, config.grid_size, config.vae_downsample_factor
-        if latent_h % patch or latent_w % patch or not (patch <= latent_h <= grid * patch and patch <= latent_w <= grid * patch):
+        patch, factor = config.patch_size, config.vae_downsample_factor
+        (rows, columns), (height, width) = config.grid_shape, config.image_hw
+        if latent_h % patch or latent_w % patch or not (patch <= latent_h <= rows * patch and patch <= latent_w <= columns * patch):
             raise ValueError(
                 f"{what}: FlexTok needs a VAE latent whose sides are multiples of the patch size {patch} and at most "
-                f"{grid * patch} (its {grid}x{grid} position table), got a {latent_h}x{latent_w} latent. Images whose "
-                f"height and width are multiples of {factor * patch} up to {config.image_size}x{config.image_size} "
-                "work, square or not."
+                f"{rows * patch}x{columns * patch} (its {rows}x{columns} position table), got a {latent_h}x{latent_w} "
+                f"latent. Images whose height and width are multiples of {factor * patch} up to {height}x{width} "
+                "(height x width) work, square or not."
             )
 
     def validate_input_size(self, height: int, width: int) -> None:
         """Accepts every image size the original accepts: any `height` x `width` whose VAE latent (see
-        `vae_latent_size`) has sides that are multiples of `patch_size` and at most `grid_size * patch_size`."""
+        `vae_latent_size`) has sides that are multiples of `patch_size` and at most `grid_shape * patch_size`."""
         latent_h, latent_w = self.vae_latent_size(height, width)
         self._check_latent_size(latent_h, latent_w, f"pixel_values of size {height}x{width} (height x width)")
 

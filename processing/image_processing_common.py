@@ -79,11 +79,13 @@ class SignedRangeDefaults(UnitRangeDefaults):
     do_normalize = True
 
 
-def square_image_processor(processor_class, image_size: int, **kwargs):
+def square_image_processor(processor_class, image_size: int | list[int], **kwargs):
     """A processor that resizes the shorter side to ``image_size`` and center-crops ``image_size`` squared (what the
-    converters save next to a tokenizer released at that size)."""
+    converters save next to a tokenizer released at that size). A ``[height, width]`` pair (a tokenizer made for
+    non-square images) resizes the shorter side to the longer of the two, so that every image covers the crop."""
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
     return processor_class(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, **kwargs
+        size={"shortest_edge": max(height, width)}, crop_size={"height": height, "width": width}, **kwargs
     )
 
 

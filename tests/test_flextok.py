@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import parity_case_dir, parity_cases
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from testers.flextok import TINY_FLEXTOK, flextok_decode_kwargs
 from transformers import AutoImageProcessor, AutoModel
 
@@ -68,7 +68,7 @@ def test_parity_every_stored_tensor(parity_root, converted, case):
         # the stored sin-cos tables are what a fresh model computes
         for embeddings in (model.encoder.embeddings, model.decoder.embeddings):
             table = embeddings.position_embedding
-            fresh = _flextok_sincos_table(table.shape[1], model.config.grid_size)
+            fresh = _flextok_sincos_table(table.shape[1], *model.config.grid_shape)
             torch.testing.assert_close(table, fresh, atol=1e-6, rtol=0)
         checked = 0
         for name in io:
@@ -160,6 +160,83 @@ def test_vae_architecture_from_shapes_with_preset_overrides(parity_root, convert
     pixel_values = load_file(parity_root / "flextok" / case / "io.safetensors")["pixel_values"]
     with torch.no_grad():
         assert torch.equal(model.vae_encode(pixel_values), reference.vae_encode(pixel_values))
+
+
+def _original_sincos_table(dim: int, rows: int, columns: int) -> torch.Tensor:
+    """The original's fixed table, transcribed step by step from its description: a meshgrid over (columns, rows) with
+    "ij" indexing flattened, [sin, cos] of the first then of the second index, and that flat sequence read back as a
+    row-major rows x columns grid (so entry n of the returned [rows * columns, dim] table is entry n of the sequence)."""
+    first, second = torch.meshgrid(torch.arange(columns, dtype=torch.float32), torch.arange(rows, dtype=torch.float32),
+                                   indexing="ij")
+    omega = 1.0 / 10000.0 ** (torch.arange(dim // 4, dtype=torch.float32) / (dim // 4))
+    first, second = first.reshape(-1, 1) * omega, second.reshape(-1, 1) * omega
+    return torch.cat([first.sin(), first.cos(), second.sin(), second.cos()], dim=1)
+
+
+@pytest.mark.parametrize("rows, columns", [(4, 4), (2, 3), (3, 2), (3, 5)])
+def test_fresh_position_tables_follow_the_original_on_rectangles(rows, columns):
+    expected = _original_sincos_table(16, rows, columns)
+    torch.testing.assert_close(_flextok_sincos_table(16, rows, columns), expected, atol=1e-6, rtol=0)
+    tiny = FlexTokConfig(**TINY_FLEXTOK)
+    factor = tiny.vae_downsample_factor * tiny.patch_size
+    config = FlexTokConfig(**(TINY_FLEXTOK | {"image_size": [factor * rows, factor * columns]}))
+    assert config.grid_shape == (rows, columns)
+    model = FlexTokModel(config)
+    for embeddings, width in ((model.encoder.embeddings, config.encoder_hidden_size),
+                              (model.decoder.embeddings, config.decoder_hidden_size)):
+        assert embeddings.position_embedding.shape == (rows * columns, width)
+        torch.testing.assert_close(embeddings.position_embedding, _original_sincos_table(width, rows, columns),
+                                   atol=1e-6, rtol=0)
+
+
+def test_rectangular_position_table_release(parity_root, converted, tmp_path):
+    """A release whose position tables are rows x columns (the original takes any `max_sizes`): its tables are the
+    top-left corner of the square case's, so on every image it accepts it must give the square model's tokens and
+    decodes, and it refuses what the table does not cover."""
+    case = CASES[0]
+    reference = AutoModel.from_pretrained(converted(case)).eval()
+    rows, columns = reference.config.grid_shape
+    pixel_factor = reference.config.vae_downsample_factor * reference.config.patch_size
+    io = load_file(parity_root / "flextok" / case / "io.safetensors")
+    for shape in ((rows, columns - 1), (rows - 1, columns)):
+        source = _copy_release(parity_root / "flextok" / case, tmp_path / f"release_{shape[0]}x{shape[1]}")
+        state = load_file(source / "model.safetensors")
+        config = json.loads((source / "config.json").read_text())
+        for part, module in (("encoder", "enc_posemb_module"), ("decoder", "dec_patches_posemb_module")):
+            key = f"{part}.module_dict.{module}.posembs"
+            state[key] = state[key][..., : shape[0], : shape[1]].contiguous()
+            config[part]["module_dict"][module]["max_sizes"] = list(shape)
+        save_file(state, source / "model.safetensors")
+        (source / "config.json").write_text(json.dumps(config))
+        out = tmp_path / f"out_{shape[0]}x{shape[1]}"
+        assert convert_main(["flextok", str(source), str(out)]) == 0
+        model = AutoModel.from_pretrained(out).eval()
+        height, width = shape[0] * pixel_factor, shape[1] * pixel_factor
+        assert model.config.image_size == [height, width] and model.config.grid_shape == shape
+        processor = AutoImageProcessor.from_pretrained(out)
+        assert (processor.crop_size["height"], processor.crop_size["width"]) == (height, width)
+        image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+        assert processor(image, return_tensors="pt")["pixel_values"].shape == (1, 3, height, width)
+        for crop in ((height, width), (height - pixel_factor, width - pixel_factor)):
+            pixels = io["pixel_values"][..., : crop[0], : crop[1]]
+            with torch.no_grad():
+                ours, theirs = model.encode(pixels), reference.encode(pixels)
+                assert torch.equal(ours.tokens, theirs.tokens)
+                torch.testing.assert_close(ours.encoder_output, theirs.encoder_output, atol=1e-6, rtol=0)
+        noise = torch.randn(2, reference.config.vae_latent_channels, height // reference.config.vae_downsample_factor,
+                            width // reference.config.vae_downsample_factor, generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            decoded = model.decode(io["tokens"], num_steps=2, guidance_scale=1.0,
+                                   generator=torch.Generator().manual_seed(3))
+            assert decoded.reconstruction.shape == (2, 3, height, width)  # the config's size by default
+            ours = model.decode(io["tokens"], num_steps=2, guidance_scale=3.0, noise=noise)
+            theirs = reference.decode(io["tokens"], num_steps=2, guidance_scale=3.0, noise=noise)
+        torch.testing.assert_close(ours.reconstruction, theirs.reconstruction, atol=1e-6, rtol=0)
+        too_big = io["pixel_values"][..., : rows * pixel_factor, : columns * pixel_factor]
+        with pytest.raises(ValueError, match=f"at most {shape[0] * reference.config.patch_size}x"
+                                             f"{shape[1] * reference.config.patch_size} \\(its {shape[0]}x{shape[1]} "
+                                             "position table\\)"):
+            model.encode(too_big)
 
 
 def test_zero_null_condition_release(parity_root, tmp_path):
@@ -412,7 +489,7 @@ def test_attention_scale_and_mask():
 )
 def test_released_variant_sizes(name, millions):
     config = FlexTokConfig.from_variant(name)
-    assert config.codebook_size == 64000 and config.num_latent_tokens == 256 and config.grid_size == 16
+    assert config.codebook_size == 64000 and config.num_latent_tokens == 256 and config.grid_shape == (16, 16)
     with torch.device("meta"):
         model = FlexTokModel(config)
     count = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
@@ -428,7 +505,7 @@ def test_config_validation():
         FlexTokConfig(fsq_levels=[8, 5], codebook_size=41)
     with pytest.raises(Exception, match="guidance_type must be one of"):
         FlexTokConfig(guidance_type="pag")
-    with pytest.raises(Exception, match="image_size \\(100\\) must be divisible"):
+    with pytest.raises(Exception, match="image_size \\(100\\) must be an int or a \\[height, width\\] pair of positive multiples"):
         FlexTokConfig(image_size=100)
     # like the original, any register count builds and runs; only pow2 nested-dropout TRAINING needs a power of two
     FlexTokConfig(num_latent_tokens=6)
