@@ -333,8 +333,19 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
             return self._gradient_checkpointing_func(function, *args)
         return function(*args)
 
+    def _needs_a_second_frame(self, module: nn.Module, num_frames: int, latent_area: int) -> bool:
+        """torch's GroupNorm refuses a call whose groups hold one value each (one frame, a 1x1 latent and one channel
+        per group), which the original never meets because it runs `temporal_factor` copies of an image together.
+        Such a group normalises to exactly 0 in any company, so the callers then run the frame twice and keep one."""
+        if num_frames != 1 or latent_area != 1:
+            return False
+        return any(isinstance(norm, nn.GroupNorm) and norm.num_channels == norm.num_groups for norm in module.modules())
+
     def _encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
         """The 2D encoder, frame by frame: [N, 3, H, W] -> [N, latent_channels, h, w]."""
+        latent_area = (frames.shape[-2] // self.spatial_factor) * (frames.shape[-1] // self.spatial_factor)
+        if self._needs_a_second_frame(self.encoder, frames.shape[0], latent_area):
+            return self._encode_frames(frames.expand(2, -1, -1, -1))[:1]
         encoder = self.encoder
         hidden_states = encoder.conv_in(frames)
         hidden_states = self._checkpointed(encoder.down_block, hidden_states)
@@ -398,6 +409,9 @@ class Emu3VisionTokenizer(VisualTokenizerMixin, Emu3VQVAE):
 
     def _decode_frames(self, hidden_states: torch.Tensor, quant_states: torch.Tensor) -> torch.Tensor:
         """The 2D decoder, frame by frame: [N, C, h, w] (+ SpatialNorm condition [N, D, h, w]) -> [N, 3, H, W]."""
+        if self._needs_a_second_frame(self.decoder, hidden_states.shape[0], hidden_states[0, 0].numel()):
+            pair = (hidden_states.expand(2, -1, -1, -1), quant_states.expand(2, -1, -1, -1))
+            return self._decode_frames(*pair)[:1]
         decoder = self.decoder
         hidden_states = decoder.conv_in(hidden_states)
         hidden_states = self._checkpointed(decoder.middle_block, hidden_states, quant_states)

@@ -474,7 +474,8 @@ class FlexTokModel(VisualTokenizerMixin, FlexTokPreTrainedModel):
         config = self.config
         patch, factor = config.patch_size, config.vae_downsample_factor
         (rows, columns), (height, width) = config.grid_shape, config.image_hw
-        if latent_h % patch or latent_w % patch or not (patch <= latent_h <= rows * patch and patch <= latent_w <= columns * patch):
+        fits = patch <= latent_h <= rows * patch and patch <= latent_w <= columns * patch
+        if latent_h % patch or latent_w % patch or not fits:
             raise ValueError(
                 f"{what}: FlexTok needs a VAE latent whose sides are multiples of the patch size {patch} and at most "
                 f"{rows * patch}x{columns * patch} (its {rows}x{columns} position table), got a {latent_h}x{latent_w} "

@@ -344,3 +344,24 @@ def test_attention_at_a_narrower_level_keeps_its_width(tmp_path):
     image = torch.rand(1, 3, 8, 12) * 2 - 1
     with torch.no_grad():
         assert torch.equal(reloaded.encode(image).tokens, model.encode(image).tokens)
+
+
+@pytest.mark.parametrize("size", [(2, 2), (3, 2)])
+def test_one_token_image_with_one_channel_per_norm_group(size):
+    """A 1x1 latent on a config with one channel per GroupNorm group: the original runs four copies of the image
+    together; torch refuses a GroupNorm call whose groups hold a single value, so vistok's one-frame path must still
+    give transformers' codes and pixels (one image, and each image of a batch of different sizes)."""
+    config = Emu3VQVAEConfig(**{**TINY, "channel_multiplier": [1, 1], "hidden_size": 32})
+    torch.manual_seed(1)
+    model = Emu3VisionTokenizer(config).eval()
+    reference = Emu3VQVAE(config).eval()
+    reference.load_state_dict(model.state_dict())
+    image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    with torch.no_grad():
+        tokens = model.encode(image).tokens
+        assert tokens.shape == (1, 1, 1)
+        assert torch.equal(tokens, _reference_codes(reference, image[:, None].expand(-1, 4, -1, -1, -1))[:, 0])
+        torch.testing.assert_close(model.decode(tokens).reconstruction, reference.decode(tokens), atol=1e-5, rtol=0)
+        larger = torch.rand(1, 3, 6, 4, generator=torch.Generator().manual_seed(6)) * 2 - 1
+        ragged = model.encode([image[0], larger[0]]).tokens
+        assert torch.equal(ragged[0], tokens[0]) and torch.equal(ragged[1], model.encode(larger).tokens[0])
