@@ -38,7 +38,8 @@ ORIGINAL_TO_CONVERTED_KEY_MAPPING = [
 # fmt: on
 
 
-def build_config(state_dict: dict, original: dict) -> LARPARConfig:
+def build_config(state_dict: dict, original: dict, notes: list) -> LARPARConfig:
+    """The `LARPARConfig` a checkpoint describes; what the conversion changes is appended to `notes`."""
     what = "LARP AR generator"
     frame_prediction = bool(original.get("frame_prediction", False))
     if not frame_prediction and original.get("model_type", "class_cond") != "class_cond":
@@ -55,6 +56,13 @@ def build_config(state_dict: dict, original: dict) -> LARPARConfig:
         raise ConversionError(f"layers.0.attention.wqkv does not fit {heads} heads / {kv_heads} key-value heads.")
     condition = int(original.get("cls_token_num", 1))
     max_length = int(original.get("max_seq_len", 1024))
+    positions = require_tensor(state_dict, "abs_pe", what).shape[1]
+    if positions != max_length + condition - 1:
+        raise ConversionError(f"abs_pe has {positions} rows, expected max_seq_len + cls_token_num - 1 = "
+                              f"{max_length + condition - 1}.")
+    if not frame_prediction and condition > 1:
+        notes.append(f"cls_token_num={condition} of a class-conditional model: the original embeds the class as ONE "
+                     f"token all the same; the other {condition - 1} only lengthen the position table (kept)")
     kwargs = dict(
         vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=count_layers(state_dict, "layers."),
         num_attention_heads=heads, num_key_value_heads=kv_heads,
@@ -76,10 +84,6 @@ def build_config(state_dict: dict, original: dict) -> LARPARConfig:
             raise ConversionError(f"cls_embedding has {classes} rows for num_classes={num_classes}.")
         kwargs.update(num_classes=num_classes, class_dropout_prob=float(original.get("class_dropout_prob", 0.1))
                       if classes == num_classes + 1 else 0.0)
-    positions = require_tensor(state_dict, "abs_pe", what).shape[1]
-    if positions != max_length + condition - 1:
-        raise ConversionError(f"abs_pe has {positions} rows, expected max_seq_len + cls_token_num - 1 = "
-                              f"{max_length + condition - 1}.")
     try:
         return LARPARConfig(**kwargs)
     except Exception as error:
@@ -111,13 +115,16 @@ def convert_state_dict(state_dict: dict, model: LARPARForCausalLM) -> tuple[dict
 
 def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     state_dict, original = read_checkpoint_and_config(source, config_file)
-    config = build_config(state_dict, original)
+    notes = []
+    config = build_config(state_dict, original, notes)
     logger.info("building LARPARForCausalLM (%d layers, %s)", config.num_hidden_layers,
                 "frame prediction" if config.frame_prediction else f"{config.num_classes} classes")
     model = LARPARForCausalLM(config).eval()
     converted, unmapped = convert_state_dict(state_dict, model)
     load_into_model(model, converted, unmapped)
-    return ConversionResult(model=model, processors=[])
+    for note in notes:
+        logger.info("note: %s", note)
+    return ConversionResult(model=model, processors=[], notes=notes)
 
 
 __all__ = ["build_config", "convert", "convert_state_dict"]

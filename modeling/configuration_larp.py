@@ -196,7 +196,9 @@ class LARPARConfig(VariantConfigMixin, PreTrainedConfig):
         class_dropout_prob (`float`): training probability of replacing the class by the null class (its row exists
             only when this is > 0).
         frame_prediction (`bool`): condition on tokens instead of a class.
-        num_condition_tokens (`int`): length of the condition (1 class token, or the condition tokens + separator).
+        num_condition_tokens (`int`): the original's `cls_token_num`: length of the condition of frame prediction
+            (condition tokens + separator); class-conditional models embed the class as one token whatever this is
+            (as the original does), a value > 1 only adds `num_condition_tokens - 1` rows to the position table.
         use_fixed_pe (`bool`): sin-cos absolute positions instead of learned ones.
         embedding_dropout / hidden_dropout / attention_dropout (`float`): training dropouts (tokens, residual and
             SwiGLU outputs, attention probabilities).
@@ -239,6 +241,12 @@ class LARPARConfig(VariantConfigMixin, PreTrainedConfig):
         return self.hidden_size // self.num_attention_heads
 
     @property
+    def condition_length(self) -> int:
+        """Tokens of the condition in a sequence: `num_condition_tokens` for frame prediction, 1 (the class) for
+        class-conditional models."""
+        return self.num_condition_tokens if self.frame_prediction else 1
+
+    @property
     def input_vocab_size(self) -> int:
         """Number of valid `input_ids` (codes plus the class ids or the separator)."""
         if self.frame_prediction:
@@ -251,9 +259,8 @@ class LARPARConfig(VariantConfigMixin, PreTrainedConfig):
                 f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}), itself divisible by num_key_value_heads ({self.num_key_value_heads})."
             )
-        if not self.frame_prediction and self.num_condition_tokens != 1:
-            raise ValueError(f"class-conditional models take one class token, got num_condition_tokens="
-                             f"{self.num_condition_tokens}.")
+        if self.num_condition_tokens < 1:
+            raise ValueError(f"num_condition_tokens must be >= 1, got {self.num_condition_tokens}.")
 
 
 __all__ = ["LARPARConfig", "LARPConfig", "LARP_AR_VARIANTS", "LARP_PRIOR_PRESETS", "LARP_VARIANTS"]

@@ -172,8 +172,8 @@ class LARPARModel(LARPARPreTrainedModel):
         limit = self.embeddings.position_embedding.shape[0]
         if int(position_ids.max()) >= limit:
             raise ValueError(
-                f"LARP sequences hold at most {limit} tokens ({self.config.num_condition_tokens} condition + "
-                f"{self.config.max_position_embeddings} codes), got position {int(position_ids.max())}."
+                f"LARP sequences hold at most {limit} tokens ({self.config.condition_length} condition + "
+                f"{limit - self.config.condition_length} codes), got position {int(position_ids.max())}."
             )
         hidden_states = self.embeddings(input_ids, position_ids)
         mask = create_causal_mask(
@@ -188,8 +188,8 @@ class LARPARModel(LARPARPreTrainedModel):
 class LARPARForCausalLM(LARPARPreTrainedModel, GenerationMixin):
     r"""
     LARP generator with its output head: `logits[:, i]` predicts the code after position i, over the `vocab_size`
-    codes. A sequence holds at most `num_condition_tokens + max_position_embeddings - 1` tokens (the last code is
-    predicted, never fed). Sequences are `[condition ; codes]` (see `LARPARConfig` for the ids); `build_prompt` makes the condition.
+    codes. A sequence holds at most `num_condition_tokens + max_position_embeddings - 1` tokens (its position table;
+    the last code is predicted, never fed). Sequences are `[condition ; codes]` (see `LARPARConfig` for the ids); `build_prompt` makes the condition.
 
     Example (class-conditional, then decoded by the tokenizer):
     ```python
@@ -266,7 +266,7 @@ class LARPARForCausalLM(LARPARPreTrainedModel, GenerationMixin):
         input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): `[condition ; codes]` or, with a
             cache, the new codes.
         labels (`torch.LongTensor` of shape `(batch_size, num_codes)`, *optional*): the codes to predict, aligned
-            as in the original: `logits[:, num_condition_tokens - 1 + i]` predicts `labels[:, i]` (so training feeds
+            as in the original: `logits[:, condition_length - 1 + i]` predicts `labels[:, i]` (so training feeds
             `[condition ; codes[:, :-1]]` with `labels=codes`; the last code is never an input). -100 is ignored.
         cfg_scale (`float`, *optional*): classifier-free guidance (class-conditional models): the logits are
             `uncond + cfg_scale * (cond - uncond)`, the null-class sequences running in the same batch (and cache).
@@ -284,7 +284,7 @@ class LARPARForCausalLM(LARPARPreTrainedModel, GenerationMixin):
             logits = unconditional + cfg_scale * (conditional - unconditional)
         loss = None
         if labels is not None:
-            start = self.config.num_condition_tokens - 1
+            start = self.config.condition_length - 1
             predicted = logits[:, start : start + labels.shape[1]]
             if predicted.shape[1] != labels.shape[1]:
                 raise ValueError(f"labels cover {labels.shape[1]} codes but the sequence predicts {predicted.shape[1]}.")

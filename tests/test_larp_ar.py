@@ -1,9 +1,12 @@
 """LARP AR generator: parity with the original `LARP_AR` on every fixture case, generation (KV cache, classifier-free
 guidance in one batched forward, frame prediction) and generate -> codes -> LARPModel.decode -> video."""
 
+import json
+import shutil
+
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoModelForCausalLM
 
 import vistok  # noqa: F401
@@ -100,6 +103,38 @@ def test_generate_then_decode_a_video(converted):
     # the decoder predicts whole temporal patches (a remainder of num_frames is never read by the original either)
     frames = config.num_frames // config.decoder_temporal_patch_size * config.decoder_temporal_patch_size
     assert video.shape == (2, frames, 3, height, width) and torch.isfinite(video).all()
+
+
+def test_class_conditional_release_with_several_cls_tokens(parity_root, tmp_path):
+    """The original takes `cls_token_num` > 1 for a class-conditional model, but its class embedding gives one token
+    all the same: only `abs_pe` grows by cls_token_num - 1 rows and the eval logits on the fixture's sequence (which
+    reads the first rows only) are the fixture's. vistok converts such a release and gives those logits."""
+    case = next(case for case in _ar_cases(parity_root) if not json.loads(
+        (case / "original_ar" / "config.json").read_text()).get("frame_prediction"))
+    source = tmp_path / "release"
+    shutil.copytree(case / "original_ar", source)
+    config = json.loads((source / "config.json").read_text())
+    config["cls_token_num"] = 3
+    (source / "config.json").write_text(json.dumps(config))
+    state = load_file(case / "original_ar" / "model.safetensors")
+    state["abs_pe"] = torch.cat([state["abs_pe"], torch.randn(1, 2, state["abs_pe"].shape[-1])], dim=1)
+    save_file(state, source / "model.safetensors")
+    assert convert_main(["larp-ar", str(source), str(tmp_path / "out")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert model.config.num_condition_tokens == 3 and model.config.condition_length == 1
+    io = load_file(case / "io.safetensors")
+    codes = io["codes"]
+    prompt = model.build_prompt(class_labels=io["ar_class_labels"])
+    assert prompt.shape == (codes.shape[0], 1)
+    with torch.no_grad():
+        output = model(torch.cat([prompt, codes[:, :-1]], dim=1), labels=codes)
+        torch.testing.assert_close(output.logits, io["ar_logits"], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(output.loss, io["ar_loss"].squeeze(), atol=1e-5, rtol=1e-4)
+        # the longer table takes two more codes than max_seq_len, as the original's does
+        longest = torch.cat([prompt, codes, codes[:, :1]], dim=1)
+        assert model(longest).logits.shape[1] == codes.shape[1] + 2
+        with pytest.raises(ValueError, match=f"at most {codes.shape[1] + 2} tokens"):
+            model(torch.cat([longest, codes[:, :1]], dim=1))
 
 
 def _tiny(**overrides) -> LARPARForCausalLM:
