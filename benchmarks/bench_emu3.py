@@ -69,21 +69,35 @@ def _compare(phase: str, a, b) -> float:
     return float((a.float() - b.float()).abs().max())
 
 
-def time_alternating(phase, ours, theirs, data, warmup, iters, device) -> dict:
+def time_alternating(phase, ours, theirs, data, warmup, iters, device, inline_memory=False) -> dict:
+    """Median seconds per call of each side, alternating; with `inline_memory` (CPU) also the largest peak resident
+    memory of a call above what was resident before it (`{side}_call_gb`), measured on the timed calls themselves."""
     mine, reference = calls(phase, ours, theirs, data)
     times = {"vistok": [], "transformers": []}
+    call_gb = {"vistok": 0.0, "transformers": 0.0}
+    first = {}  # the outputs of the first calls, compared after them (no extra call: a 512 px decode is minutes on CPU)
     with torch.no_grad():
-        max_diff = _compare(phase, mine(), reference())
         for step in range(warmup + iters):
             order = [("vistok", mine), ("transformers", reference)]
             for name, fn in order if step % 2 == 0 else order[::-1]:
+                if inline_memory:
+                    before = _reset_peak_resident()
                 synchronize(device)
                 start = time.perf_counter()
-                fn()
+                out = fn()
                 synchronize(device)
                 if step >= warmup:
                     times[name].append(time.perf_counter() - start)
-    return dict(max_abs_diff=max_diff, **{f"{k}_seconds": statistics.median(v) for k, v in times.items()})
+                if inline_memory:
+                    call_gb[name] = max(call_gb[name], _resident_gb("VmHWM") - before)
+                if step == 0:
+                    first[name] = out
+                del out
+    max_diff = _compare(phase, first["vistok"], first["transformers"])
+    row = dict(max_abs_diff=max_diff, **{f"{k}_seconds": statistics.median(v) for k, v in times.items()})
+    if inline_memory:
+        row |= {f"{k}_call_gb": v for k, v in call_gb.items()}
+    return row
 
 
 def _resident_gb(field: str) -> float:
@@ -91,6 +105,14 @@ def _resident_gb(field: str) -> float:
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1e6
     raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def _reset_peak_resident() -> float:
+    """Returns freed heap memory to the system, resets the process's peak resident memory (VmHWM) to the current
+    resident memory and returns that (GB)."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    return _resident_gb("VmRSS")
 
 
 def measure_peak_memory(which: str, phase: str, size: int, frames: int, base_channels, dtype: str, device: str) -> list:
@@ -132,11 +154,11 @@ def run(args) -> dict:
         row = dict(phase=phase, image_size=args.image_size, frames=1 if phase.startswith("image") else args.frames,
                    tokens=tokens, dtype=args.dtype)
         if args.iters:
-            row |= time_alternating(phase, ours, theirs, data, args.warmup, args.iters, args.device)
+            row |= time_alternating(phase, ours, theirs, data, args.warmup, args.iters, args.device, args.inline_memory)
             row["speedup"] = row["transformers_seconds"] / row["vistok_seconds"]
             row["vistok_tokens_per_s"] = tokens / row["vistok_seconds"]
             row["transformers_tokens_per_s"] = tokens / row["transformers_seconds"]
-        if args.memory:
+        if args.memory and not args.inline_memory:
             for which in ("vistok", "transformers"):
                 row[f"{which}_peak_gb"], row[f"{which}_call_gb"] = peak_memory_subprocess(
                     which, phase, args.image_size, args.frames, args.base_channels, args.dtype, args.device)
@@ -144,6 +166,7 @@ def run(args) -> dict:
         print(json.dumps(row), flush=True)
     return dict(device=args.device, cpu=platform.processor() or platform.machine(), threads=torch.get_num_threads(),
                 torch=torch.__version__, base_channels=args.base_channels or 256, warmup=args.warmup,
+                inline_memory=args.inline_memory,
                 iters=args.iters, rows=rows)
 
 
@@ -153,6 +176,9 @@ def to_markdown(result: dict, command: str) -> str:
         f"Command: `{command}`", "",
         f"Device {result['device']} ({result['cpu']}, {result['threads']} threads), torch {result['torch']}, base "
         f"channels {result['base_channels']} (release: 256), median of {result['iters']} alternating calls.", "",
+        *(["Memory measured on the timed calls in this process (`--inline-memory`): the largest peak resident memory "
+           "of a call above what was resident before it (after returning freed heap memory to the system).", ""]
+          if result.get("inline_memory") else []),
         "| phase | input | tokens | vistok s | transformers s | speed-up | vistok tok/s | transformers tok/s | "
         "peak GB vistok / transformers | of which the call | max abs diff |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -180,6 +206,9 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--iters", type=int, default=3, help="0: memory only")
     parser.add_argument("--no-memory", dest="memory", action="store_false")
+    parser.add_argument("--inline-memory", action="store_true",
+                        help="CPU: measure each timed call's peak above the memory resident before it in this process "
+                             "(no extra calls in fresh processes; the process's own peak then holds both models)")
     parser.add_argument("--output", default=None)
     parser.add_argument("--markdown", default=None)
     args = parser.parse_args(argv)
