@@ -1,8 +1,8 @@
 """Side-by-side timing of vistok against the original implementation (not a test).
 
-`bench_titok.py`, `bench_maetok.py` and `bench_flextok.py` call `main(system, ...)` when given
+`bench_titok.py`, `bench_maetok.py`, `bench_flextok.py` and `bench_larp.py` call `main(system, ...)` when given
 `--reference PATH`: PATH is a checkout of the original repository that the user provides (bytedance/1d-tokenizer,
-Hhhhhhao/continuous_tokenizer, apple/ml-flextok; never part of vistok) with its requirements installed. The original
+Hhhhhhao/continuous_tokenizer, apple/ml-flextok, hywang66/LARP; never part of vistok) with its requirements installed. The original
 model is built with the original code and random weights, saved in its released checkpoint layout, converted with
 `vistok-convert`, and both run on the same inputs in the same process. Calls alternate (original, vistok, vistok,
 original, ...) so both see the same machine load. For each op (encode, decode) and batch size it reports the median
@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 import torch
@@ -116,12 +117,19 @@ def compare(op: str, batch_size: int, ours, theirs, args) -> dict:
     return row
 
 
-def import_original(path: str, module: str):
-    """Imports `module` from the user's checkout of the original repository."""
+def import_original(path: str, module: str, training_only: tuple[str, ...] = ()):
+    """Imports `module` from the user's checkout of the original repository. `training_only`: modules the original
+    imports at module level but the benchmark never calls (training losses, logging helpers); each one that cannot be
+    imported is replaced by an empty module, so that their requirements need not be installed."""
     root = str(Path(path).resolve())
     if not Path(root).is_dir():
         raise SystemExit(f"--reference {path}: not a directory (give a checkout of the original repository)")
     sys.path.insert(0, root)
+    for name in training_only:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            sys.modules[name] = types.ModuleType(name)
     try:
         return importlib.import_module(module)
     except ImportError as error:
