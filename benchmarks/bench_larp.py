@@ -124,8 +124,9 @@ def spread_codes(original, clips: torch.Tensor, draws: int = 16) -> tuple[float,
         directions = nn.functional.normalize(original.encode(clips)["projected_z"].flatten(0, 1), dim=-1)
         best = None
         for draw in range(draws):
-            codebook = nn.init.kaiming_uniform_(torch.empty_like(quantizer.embedding.weight),
+            codebook = nn.init.kaiming_uniform_(torch.empty(quantizer.embedding.weight.shape),
                                                 generator=torch.Generator().manual_seed(draw))
+            codebook = codebook.to(directions.device)
             top2 = (directions @ nn.functional.normalize(codebook, dim=-1).t()).topk(2)
             margin = float((top2.values[:, 0] - top2.values[:, 1]).min())
             if best is None or margin > best[0]:
@@ -146,7 +147,9 @@ def _check_timm() -> None:
 
 def reference_pairs(args, workdir: Path):
     """The original `LARPTokenizer` (random weights, see `spread_codes`) saved with `save_pretrained` and converted."""
-    tokenizer = bench_reference.import_original(args.reference, "models.larp_tokenizer", training_only=("lpips", "utils"))
+    tokenizer = bench_reference.import_original(
+        args.reference, "models.larp_tokenizer", training_only=("lpips", "utils")
+    )
     _check_timm()
     from vistok.conversion.__main__ import main as convert_main
 
@@ -159,14 +162,13 @@ def reference_pairs(args, workdir: Path):
             module.p_attn_drop = 0.0
     generator = torch.Generator().manual_seed(0)
     size, frames = kwargs["input_size"], kwargs["frame_num"]
-    clips = torch.rand(max(args.reference_batch_sizes), frames, 3, size, size, generator=generator)  # vistok layout
-    their_clips = clips.transpose(1, 2).contiguous()  # the original's [B, C, T, H, W]
-    margin, distinct = spread_codes(original, their_clips)
-    original.save_pretrained(workdir / "original", config=kwargs)
+    clips = torch.rand(max(args.reference_batch_sizes), frames, 3, size, size, generator=generator).to(args.device)
+    their_clips = clips.transpose(1, 2).contiguous()  # the original's [B, C, T, H, W]; vistok's is [B, T, C, H, W]
+    margin, distinct = spread_codes(original.to(args.device), their_clips)
+    original.cpu().save_pretrained(workdir / "original", config=kwargs)
     assert convert_main(["larp", str(workdir / "original"), str(workdir / "vistok")]) == 0
     ours = LARPModel.from_pretrained(workdir / "vistok").eval().to(args.device)
     original = original.to(args.device)
-    clips, their_clips = clips.to(args.device), their_clips.to(args.device)
 
     def encode(batch_size):
         x, theirs = clips[:batch_size], their_clips[:batch_size]

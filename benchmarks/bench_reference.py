@@ -2,12 +2,12 @@
 
 `bench_titok.py`, `bench_maetok.py`, `bench_flextok.py` and `bench_larp.py` call `main(system, ...)` when given
 `--reference PATH`: PATH is a checkout of the original repository that the user provides (bytedance/1d-tokenizer,
-Hhhhhhao/continuous_tokenizer, apple/ml-flextok, hywang66/LARP; never part of vistok) with its requirements installed. The original
-model is built with the original code and random weights, saved in its released checkpoint layout, converted with
-`vistok-convert`, and both run on the same inputs in the same process. Calls alternate (original, vistok, vistok,
-original, ...) so both see the same machine load. For each op (encode, decode) and batch size it reports the median
-seconds of both, the vistok/original ratio, the peak memory of one call (CUDA: peak allocated; CPU: rise of the
-resident set, Linux VmHWM) and the largest difference of the outputs (token ids must be equal).
+Hhhhhhao/continuous_tokenizer, apple/ml-flextok, hywang66/LARP; never part of vistok) with its requirements installed.
+The original model is built with the original code and random weights, saved in its released checkpoint layout,
+converted with `vistok-convert`, and both run on the same inputs in the same process. Calls alternate (original,
+vistok, vistok, original, ...) so both see the same machine load. For each op (encode, decode) and batch size it
+reports the median seconds of both, the vistok/original ratio, the peak memory of one call (CUDA: peak allocated; CPU:
+rise of the resident set, Linux VmHWM) and the largest difference of the outputs (token ids must be equal).
 """
 
 import argparse
