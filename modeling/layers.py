@@ -142,10 +142,19 @@ class VisionAttention(nn.Module):
         hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
+        is_causal: bool = False,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``hidden_states``: [B, L, hidden_size]; ``attention_mask``: bool (True = attend) or additive float,
-        broadcastable to [B, heads, L, L]; ``position_embeddings``: (cos, sin) broadcastable to [B, heads, L, head_dim]."""
+        broadcastable to [B, heads, L, L]; ``position_embeddings``: (cos, sin) broadcastable to [B, heads, L, head_dim].
+        ``is_causal``: token i attends to tokens <= i (instead of a mask; sdpa then runs its causal kernel, other
+        implementations get the lower-triangular mask)."""
+        if is_causal and attention_mask is not None:
+            raise ValueError("pass either attention_mask or is_causal=True, not both.")
+        if is_causal and self.config._attn_implementation != "sdpa":
+            length = hidden_states.shape[-2]
+            attention_mask = torch.ones(length, length, dtype=torch.bool, device=hidden_states.device).tril()
+            is_causal = False
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
@@ -168,7 +177,7 @@ class VisionAttention(nn.Module):
             attention_mask,
             dropout=0.0 if not self.training else self.attention_dropout,
             scaling=self.scaling,
-            is_causal=False,
+            is_causal=is_causal,
             **kwargs,
         )
         attn_output = attn_output.reshape(*input_shape, -1).contiguous()

@@ -249,10 +249,8 @@ class LARPPrior(nn.Module):
         position 0 (nothing to predict it from) repeats the first input vector."""
         inputs = code_vectors[:, :-1]
         hidden_states = self.embeddings(inputs)
-        length = hidden_states.shape[1]
-        causal = torch.ones(length, length, dtype=torch.bool, device=hidden_states.device).tril()[None, None]
         for layer in self.layers:
-            hidden_states = layer(hidden_states, attention_mask=causal)
+            hidden_states = layer(hidden_states, is_causal=True)
         predictions = self.head(self.final_layernorm(hidden_states)).float()
         predictions = torch.cat([code_vectors[:, :1].float(), predictions], dim=1)
         return F.normalize(predictions, dim=-1) if self.l2_normalized else predictions

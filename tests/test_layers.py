@@ -44,6 +44,22 @@ def test_attention_implementations_agree(qk_norm):
         torch.testing.assert_close(out, reference, atol=1e-6, rtol=1e-5)
 
 
+def test_is_causal_equals_a_written_out_causal_softmax():
+    """`is_causal=True` (sdpa's causal kernel, a lower-triangular mask elsewhere) is attention over tokens <= i."""
+    hidden = torch.randn(2, 7, 32)
+    for implementation in ("eager", "sdpa"):
+        attention = _attention(implementation, scaling=0.3)
+        with torch.no_grad():
+            out, _ = attention(hidden, is_causal=True)
+            heads = lambda x: x.view(2, 7, 4, 8).transpose(1, 2)  # noqa: E731
+            q, k, v = heads(attention.q_proj(hidden)), heads(attention.k_proj(hidden)), heads(attention.v_proj(hidden))
+            scores = (q @ k.transpose(-1, -2) * 0.3).masked_fill(torch.ones(7, 7).triu(1).bool(), float("-inf"))
+            expected = attention.out_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 7, 32))
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5, msg=implementation)
+    with pytest.raises(ValueError, match="either attention_mask or is_causal"):
+        attention(hidden, attention_mask=torch.ones(7, 7, dtype=torch.bool), is_causal=True)
+
+
 def test_flex_attention_matches_eager():
     hidden = torch.randn(1, 6, 32)
     with torch.no_grad():
