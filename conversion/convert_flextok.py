@@ -269,7 +269,7 @@ def build(state_dict: dict, original: dict, folder: Path, presets: dict):
         raise ConversionError(f"only square patches are supported, got patch_sizes={patch_sizes}.")
     patch_size = patch_sizes[0]
     enc_table = require_tensor(state_dict, f"{enc}{pos_name}.posembs", "FlexTok")
-    if enc_table.ndim != 4 or enc_table.shape[:2] != (1, enc_table.shape[1]):
+    if enc_table.ndim != 4 or enc_table.shape[0] != 1:
         raise ConversionError(f"expected a [1, D, rows, columns] encoder position table, got {tuple(enc_table.shape)}.")
     grid = tuple(enc_table.shape[-2:])
     enc_width = require_tensor(state_dict, f"{enc}{patch_name}.patch_proj.weight", "FlexTok").shape[0]

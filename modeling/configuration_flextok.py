@@ -189,7 +189,7 @@ class FlexTokConfig(VariantConfigMixin, PreTrainedConfig):
                 f"got {self.codebook_size}."
             )
         factor = self.vae_downsample_factor * self.patch_size
-        if len(self.image_hw) != 2 or any(side <= 0 or side % factor for side in self.image_hw):
+        if any(side <= 0 or side % factor for side in self.image_hw):
             raise ValueError(
                 f"image_size ({self.image_size}) must be an int or a [height, width] pair of positive multiples of "
                 f"the VAE downsampling ({self.vae_downsample_factor}) times patch_size ({self.patch_size}) = {factor}."
