@@ -124,13 +124,11 @@ def measure_peak_memory(which: str, phase: str, size: int, frames: int, base_cha
     del ours, theirs  # only the measured model stays referenced (by `fn`)
     with torch.no_grad():
         fn()  # first call: lazy kernel and library initialisation, not part of the call's working memory
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() / 1e9
     else:
-        Path("/proc/self/clear_refs").write_text("5")
-        before = _resident_gb("VmRSS")
+        before = _reset_peak_resident()
     with torch.no_grad():
         fn()
     peak = torch.cuda.max_memory_allocated() / 1e9 if device.startswith("cuda") else _resident_gb("VmHWM")

@@ -67,13 +67,13 @@ def make_jpegs(folder: Path, count: int, seed: int = 0) -> Path:
 
 def save_random_model(name: str, folder: Path) -> Path:
     import vistok
-    from vistok.processing.image_processing_common import square_image_processor
+    from vistok.processing.image_processing_common import center_crop_image_processor
 
     config_class, model_class, processor_class = (getattr(vistok, class_name) for class_name in MODELS[name])
     torch.manual_seed(0)
     model = model_class(config_class.from_variant(name)).eval()
     model.save_pretrained(folder)
-    square_image_processor(processor_class, model.config.image_size).save_pretrained(folder)
+    center_crop_image_processor(processor_class, model.config.image_size).save_pretrained(folder)
     return folder
 
 

@@ -22,7 +22,7 @@ from safetensors import safe_open
 
 from ..modeling.configuration_flextok import FLEXTOK_VAE_BASE_CONFIG, FlexTokConfig
 from ..modeling.modeling_flextok import FlexTokModel
-from ..processing.image_processing_common import square_image_processor
+from ..processing.image_processing_common import center_crop_image_processor
 from ..processing.image_processing_flextok import FlexTokImageProcessor
 from .utils import (
     ConversionError,
@@ -430,5 +430,5 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     load_into_model(model, converted, unmapped, source=state_dict)
     for note in notes:
         logger.info("note: %s", note)
-    processor = square_image_processor(FlexTokImageProcessor, config.image_size)
+    processor = center_crop_image_processor(FlexTokImageProcessor, config.image_size)
     return ConversionResult(model=model, processors=[processor], notes=notes)

@@ -17,7 +17,7 @@ import torch
 
 from ..modeling.configuration_maetok import MAETOK_VIT_PRESETS, MAETokConfig
 from ..modeling.modeling_maetok import MAETokModel
-from ..processing.image_processing_common import square_image_processor
+from ..processing.image_processing_common import center_crop_image_processor
 from ..processing.image_processing_maetok import MAETokImageProcessor
 from .utils import (
     ConversionError,
@@ -262,5 +262,5 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     load_into_model(model, renamed, unmapped, source=state_dict)
     if dropped_keys:
         notes.append(f"dropped {len(dropped_keys)} training-only or unused tensors (teachers, HOG buffers, grids).")
-    processor = square_image_processor(MAETokImageProcessor, config.image_size)
+    processor = center_crop_image_processor(MAETokImageProcessor, config.image_size)
     return ConversionResult(model=model, processors=[processor], notes=notes)

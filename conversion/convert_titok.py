@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..modeling.configuration_titok import TITOK_VIT_PRESETS, TiTokConfig
 from ..modeling.modeling_titok import TiTokModel
-from ..processing.image_processing_common import square_image_processor
+from ..processing.image_processing_common import center_crop_image_processor
 from ..processing.image_processing_titok import TiTokImageProcessor
 from .utils import (
     ConversionError,
@@ -213,5 +213,5 @@ def convert(source, config_file=None, presets_file=None) -> ConversionResult:
     converted, unmapped = convert_state_dict(state_dict, model)
     load_into_model(model, converted, unmapped, source=state_dict)
     # preprocessing crops what the original crops; the model encodes that size (extra pixels beyond the grid unused)
-    processor = square_image_processor(TiTokImageProcessor, crop_size)
+    processor = center_crop_image_processor(TiTokImageProcessor, crop_size)
     return ConversionResult(model=model, processors=[processor], notes=notes)

@@ -79,8 +79,8 @@ class SignedRangeDefaults(UnitRangeDefaults):
     do_normalize = True
 
 
-def square_image_processor(processor_class, image_size: int | list[int], **kwargs):
-    """A processor that resizes the shorter side to ``image_size`` and center-crops ``image_size`` squared (what the
+def center_crop_image_processor(processor_class, image_size: int | list[int], **kwargs):
+    """A processor that resizes the shorter side to ``image_size`` and center-crops an ``image_size`` square (what the
     converters save next to a tokenizer released at that size). A ``[height, width]`` pair (a tokenizer made for
     non-square images) resizes the shorter side to the longer of the two, so that every image covers the crop."""
     height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
@@ -94,5 +94,5 @@ __all__ = [
     "TokenizerPostprocessMixin",
     "TorchvisionCenterCropMixin",
     "UnitRangeDefaults",
-    "square_image_processor",
+    "center_crop_image_processor",
 ]
