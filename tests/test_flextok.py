@@ -401,6 +401,36 @@ def test_decode_is_reproducible_and_noise_explicit(tiny):
         tiny.decode(tokens, noise=torch.zeros(2, 3, 8, 8))
 
 
+def test_vae_runs_image_by_image_with_the_batch_results(tiny):
+    """The VAE sees one image at a time (peak memory of one image), and encodes, posterior samples and decodes as the
+    whole batch does."""
+    pixel_values = _pixels(3, seed=6)
+    batch_sizes = []
+    hooks = [part.register_forward_hook(lambda module, args, output: batch_sizes.append(args[0].shape[0]))
+             for part in (tiny.vae.encoder, tiny.vae.decoder)]
+    try:
+        with torch.no_grad():
+            sliced = [tiny.vae_encode(pixel_values, sample_posterior=flag, generator=torch.Generator().manual_seed(2))
+                      for flag in (False, True)]
+            sliced_pixels = tiny.vae_decode(sliced[0])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert batch_sizes == [1] * 9
+    tiny.vae.disable_slicing()
+    try:
+        with torch.no_grad():
+            whole = [tiny.vae_encode(pixel_values, sample_posterior=flag, generator=torch.Generator().manual_seed(2))
+                     for flag in (False, True)]
+            whole_pixels = tiny.vae_decode(whole[0])
+    finally:
+        tiny.vae.enable_slicing()
+    for ours, batch in zip(sliced + [sliced_pixels], whole + [whole_pixels]):
+        torch.testing.assert_close(ours, batch, atol=1e-5, rtol=1e-5)
+    # the sample is not the mode: the posterior's random draw is really taken
+    assert not torch.allclose(sliced[0], sliced[1])
+    assert FlexTokModel(tiny.config).vae.use_slicing
+
 def test_guidance_settings(tiny):
     with torch.no_grad():
         tokens = tiny.encode(_pixels()).tokens
