@@ -405,27 +405,28 @@ def test_vae_runs_image_by_image_with_the_batch_results(tiny):
     """The VAE sees one image at a time (peak memory of one image), and encodes, posterior samples and decodes as the
     whole batch does."""
     pixel_values = _pixels(3, seed=6)
+
+    def through_the_vae():
+        with torch.no_grad():
+            encoded = [tiny.vae_encode(pixel_values, sample_posterior=flag, generator=torch.Generator().manual_seed(2))
+                       for flag in (False, True)]
+            return encoded + [tiny.vae_decode(encoded[0])]
+
     batch_sizes = []
     hooks = [part.register_forward_hook(lambda module, args, output: batch_sizes.append(args[0].shape[0]))
              for part in (tiny.vae.encoder, tiny.vae.decoder)]
     try:
-        with torch.no_grad():
-            sliced = [tiny.vae_encode(pixel_values, sample_posterior=flag, generator=torch.Generator().manual_seed(2))
-                      for flag in (False, True)]
-            sliced_pixels = tiny.vae_decode(sliced[0])
+        sliced = through_the_vae()
     finally:
         for hook in hooks:
             hook.remove()
     assert batch_sizes == [1] * 9
     tiny.vae.disable_slicing()
     try:
-        with torch.no_grad():
-            whole = [tiny.vae_encode(pixel_values, sample_posterior=flag, generator=torch.Generator().manual_seed(2))
-                     for flag in (False, True)]
-            whole_pixels = tiny.vae_decode(whole[0])
+        whole = through_the_vae()
     finally:
         tiny.vae.enable_slicing()
-    for ours, batch in zip(sliced + [sliced_pixels], whole + [whole_pixels]):
+    for ours, batch in zip(sliced, whole):
         torch.testing.assert_close(ours, batch, atol=1e-5, rtol=1e-5)
     # the sample is not the mode: the posterior's random draw is really taken
     assert not torch.allclose(sliced[0], sliced[1])
