@@ -21,7 +21,6 @@ from vistok.modeling.layers import (
     init_common_weights,
     resample_abs_pos_embed,
     rotate_half,
-    rotate_interleaved,
 )
 
 
@@ -62,7 +61,6 @@ def test_1d_and_2d_sincos_tables_hand_computed():
 def test_rotations_hand_computed():
     x = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert rotate_half(x).tolist() == [-3.0, -4.0, 1.0, 2.0]
-    assert rotate_interleaved(x).tolist() == [-2.0, 1.0, -4.0, 3.0]
     # a quarter turn: (1, 0) -> (0, 1); half layout pairs (i, i + D/2), interleaved pairs (2i, 2i + 1)
     q = torch.tensor([1.0, 0.0, 0.0, 1.0]).view(1, 1, 1, 4)
     angle = torch.tensor([math.pi / 2, 0.0, math.pi / 2, 0.0])
