@@ -82,7 +82,7 @@ def apply_rotary_pos_emb(
     dtype = query.dtype
     q, k = query.float(), key.float()
     if interleaved:
-        # one complex product per pair: the same values as x * cos + rotated(x) * sin, ~6x cheaper on CPU
+        # one complex product per pair: x * cos + rotated(x) * sin to float32 rounding, ~6x cheaper on CPU
         rotation = torch.complex(cos[..., ::2].float(), sin[..., ::2].float())
         return _rotate_pairs(q, rotation).to(dtype), _rotate_pairs(k, rotation).to(dtype)
     q = q * cos + rotate_half(q) * sin

@@ -432,6 +432,7 @@ def test_vae_runs_image_by_image_with_the_batch_results(tiny):
     assert not torch.allclose(sliced[0], sliced[1])
     assert FlexTokModel(tiny.config).vae.use_slicing
 
+
 def test_guidance_settings(tiny):
     with torch.no_grad():
         tokens = tiny.encode(_pixels()).tokens

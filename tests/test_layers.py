@@ -79,6 +79,13 @@ def test_interleaved_rope_equals_half_rope_under_channel_permutation():
     qh, kh = apply_rotary_pos_emb(q[..., perm], k[..., perm], cos_h, sin_h)
     torch.testing.assert_close(qi[..., perm], qh)
     torch.testing.assert_close(ki[..., perm], kh)
+    # the attention's layout: q/k as transposed views of [B, L, heads, D], and bfloat16 in, bfloat16 out
+    q_view, k_view = q.transpose(1, 2).contiguous().transpose(1, 2), k.transpose(1, 2).contiguous().transpose(1, 2)
+    q_strided, _ = apply_rotary_pos_emb(q_view, k_view, cos_i, sin_i, interleaved=True)
+    torch.testing.assert_close(q_strided, qi, atol=1e-6, rtol=0)
+    q_bf16, _ = apply_rotary_pos_emb(q_view.bfloat16(), k_view.bfloat16(), cos_i, sin_i, interleaved=True)
+    assert q_bf16.dtype == torch.bfloat16
+    torch.testing.assert_close(q_bf16.float(), qi, atol=2e-2, rtol=2e-2)
     # rotations keep norms and make scores depend on relative angles only
     torch.testing.assert_close(qi.norm(dim=-1), q.norm(dim=-1))
 
